@@ -1,0 +1,136 @@
+"""The node ledger's voucher and redemption rules against a plain model, driven by a hypothesis state machine.
+
+The model: the vouchers recorded and not reverted (the history), the latest one, what the chain confirmed and
+the redemption in flight. Checked after every step: what the node holds (`last_cumulative`), what it would
+redeem (`unredeemed`), what it is owed (`outstanding_amount`) and the pending redemption. Among the steps:
+vouchers too low (must be refused and change nothing), reverts of any voucher ever seen (pipelined failures,
+replays, reverts of redeemed vouchers), partial payments and reorgs through `sync_redeemed`, and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from market.types import SignedVoucher, Voucher
+from node.ledger import VoucherLedger, VoucherTooLowError
+
+CLIENT, EXPERT = "0x" + "c1" * 20, 7
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        shm = Path("/dev/shm")  # durability is test_ledger_durability's job; tmpfs makes fsync free
+        self.dir = Path(tempfile.mkdtemp(prefix="ledger-model-", dir=shm if shm.is_dir() else None))
+        self.ledger = VoucherLedger(self.dir / "l.db")
+        self.history: dict[int, bytes] = {}  # recorded, not reverted, above what the chain paid
+        self.latest: tuple[int, bytes] | None = None
+        self.redeemed = 0
+        self.pending: int | None = None
+        self.seen: list[SignedVoucher] = []
+        self.counter = 0
+
+    def teardown(self) -> None:
+        self.ledger.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def held(self) -> int:
+        return max(self.latest[0] if self.latest else 0, self.redeemed)
+
+    def _latest_voucher(self) -> SignedVoucher:
+        assert self.latest is not None
+        return SignedVoucher(Voucher(CLIENT, EXPERT, self.latest[0]), self.latest[1])
+
+    def _prune(self) -> None:
+        self.history = {a: s for a, s in self.history.items() if a > self.redeemed}
+        if self.pending is not None and self.pending <= self.redeemed:
+            self.pending = None
+
+    @rule(offset=st.integers(-15, 30), price=st.sampled_from([0, 5, 10]))
+    def record(self, offset: int, price: int) -> None:
+        amount = max(0, self.held + offset)
+        self.counter += 1
+        voucher = SignedVoucher(
+            Voucher(CLIENT, EXPERT, amount), hashlib.sha256(b"%d" % self.counter).digest()
+        )
+        self.seen.append(voucher)
+        if amount >= self.held + price:
+            self.ledger.record_voucher(voucher, price)
+            self.latest = (amount, voucher.signature)
+            self.history[amount] = voucher.signature
+        else:
+            try:
+                self.ledger.record_voucher(voucher, price)
+            except VoucherTooLowError as err:
+                assert err.held == self.held
+            else:
+                raise AssertionError("a voucher below held + price was accepted")
+
+    @precondition(lambda self: self.seen)
+    @rule(data=st.data())
+    def revert(self, data: st.DataObject) -> None:
+        voucher = data.draw(st.sampled_from(self.seen))
+        amount, sig = voucher.voucher.cumulative_amount, voucher.signature
+        expected = False
+        if self.history.get(amount) == sig and max(self.redeemed, self.pending or 0) < amount:
+            del self.history[amount]
+            if self.latest is not None and self.latest[0] == amount:
+                top = max(self.history, default=None)
+                self.latest = None if top is None else (top, self.history[top])
+                expected = True
+        assert self.ledger.revert_voucher(voucher) == expected
+
+    @precondition(lambda self: self.latest)
+    @rule()
+    def send_redemption(self) -> None:
+        self.ledger.mark_pending([self._latest_voucher()], b"\x01" * 32)
+        self.pending = self.latest[0]  # type: ignore[index]
+
+    @precondition(lambda self: self.latest)
+    @rule(ok=st.booleans())
+    def redemption_ends(self, ok: bool) -> None:
+        voucher = self._latest_voucher()
+        if ok:
+            self.ledger.mark_redeemed([voucher], b"\x01" * 32)
+            self.redeemed = max(self.redeemed, voucher.voucher.cumulative_amount)
+        else:
+            self.ledger.mark_failed([voucher], "reverted")
+            if self.pending is not None and self.pending <= voucher.voucher.cumulative_amount:
+                self.pending = None
+        self._prune()
+
+    @rule(delta=st.integers(-10, 10))
+    def chain_says(self, delta: int) -> None:
+        self.redeemed = max(0, self.redeemed + delta)
+        self.ledger.sync_redeemed(CLIENT, EXPERT, self.redeemed)
+        self._prune()
+
+    @rule()
+    def restart(self) -> None:
+        self.ledger.close()
+        self.ledger = VoucherLedger(self.dir / "l.db")
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        assert self.ledger.last_cumulative(CLIENT, EXPERT) == self.held
+        if self.latest is not None and self.latest[0] > self.redeemed:
+            assert self.ledger.unredeemed() == [(self._latest_voucher(), self.redeemed)]
+        else:
+            assert self.ledger.unredeemed() == []
+        owed = max(0, self.latest[0] - self.redeemed) if self.latest else 0
+        assert self.ledger.outstanding_amount(CLIENT) == owed
+        assert [p.amount for p in self.ledger.pending()] == ([] if self.pending is None else [self.pending])
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=50, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestLedgerModel = LedgerMachine.TestCase
