@@ -249,7 +249,9 @@ class ExpertServer:
         try:
             await trio.to_thread.run_sync(self.ledger.record_voucher, signed, served.price)
         except VoucherTooLowError as exc:
-            raise RemoteError(str(ErrorCode.VOUCHER_TOO_LOW), str(exc)) from exc
+            error = RemoteError(str(ErrorCode.VOUCHER_TOO_LOW), str(exc))
+            error.cumulative = exc.held  # type: ignore[attr-defined]  # the transport sends it along
+            raise error from exc
 
         if trio.current_time() > deadline:
             await trio.to_thread.run_sync(self.ledger.revert_voucher, signed)
