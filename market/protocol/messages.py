@@ -92,6 +92,31 @@ def encode_body(header: Mapping[str, Any], payload: bytes | bytearray | memoryvi
     return b"".join((len(raw).to_bytes(HEADER_LENGTH_SIZE, "big"), raw, payload))
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+MAX_HEADER_BRACKETS: Final = 8192
+MAX_HEADER_DEPTH: Final = 32
+
+
+def _check_nesting(raw: bytes) -> None:
+    """Refuse deeply nested headers before parsing: the C JSON decoder recurses once per level and a
+    header of 100,000 nested arrays can overflow the C stack (a crash, not an exception) when the
+    interpreter's recursion limit has been raised. No message of the protocol nests more than a few levels."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_HEADER_DEPTH:
+        return
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if len(brackets) > MAX_HEADER_BRACKETS:
+        raise MalformedMessageError(f"header has over {MAX_HEADER_BRACKETS} arrays and objects")
+    depth = 0
+    for b in brackets:
+        if b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_HEADER_DEPTH:
+                raise MalformedMessageError(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
+        else:
+            depth -= 1
+
+
 def decode_body(body: bytes | bytearray | memoryview) -> tuple[Header, bytes]:
     """Split a frame body into (header, payload); the header is a JSON object with a known `type`."""
     view = memoryview(body)
@@ -105,6 +130,7 @@ def decode_body(body: bytes | bytearray | memoryview) -> tuple[Header, bytes]:
     if size > MAX_HEADER_SIZE:
         raise MalformedMessageError(f"header of {size} bytes is over the limit of {MAX_HEADER_SIZE}")
     raw = bytes(view[HEADER_LENGTH_SIZE : HEADER_LENGTH_SIZE + size])
+    _check_nesting(raw)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
     except MalformedMessageError:
