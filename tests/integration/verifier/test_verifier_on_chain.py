@@ -1,0 +1,182 @@
+"""The Verifier class in-process against a real chain (anvil) and real libp2p hosts, one poll at a time.
+
+Proves on chain: a model that no registered node serves is voted guilty; evidence the challenger does not
+serve is voted innocent; a model the accused node does not serve is fetched from another expert registered
+for the same modelHash (and then judged on its merits); a verifier restarted after committing reveals what
+it committed; two verifiers of 1 ETH reach the 2 ETH quorum and resolve; rewards are claimed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+
+from market.chain.contracts import MarketChain, capability_id
+from market.chain.devnet import Devnet, throwaway_signer
+from market.chain.params import MarketParams
+from market.chain.signer import LocalSigner
+from market.errors import RemoteError
+from market.evidence import EvidenceStore, serve_evidence
+from market.manifest import Tolerance
+from market.models.architectures import MLP
+from market.models.package import ModelStore, pack
+from market.protocol.codec import encode_tensors
+from market.protocol.hashing import new_request_id
+from market.protocol.ids import MODEL
+from market.protocol.messages import ErrorCode, ModelRequest, ModelResponse
+from market.transport import PeerId, open_host
+from market.types import DisputeStatus, Receipt
+from node.verifier import Phase, Rule, Verifier, VerifierConfig
+
+pytestmark = pytest.mark.timeout(300)
+
+ETHER = 10**18
+COMMIT = REVEAL = 3600
+PARAMS = MarketParams(
+    min_stake=ETHER, min_verifier_stake=ETHER, unbonding_period=3 * 86400, withdraw_delay=2 * 86400,
+    dispute_bond=ETHER // 10, commit_period=COMMIT, reveal_period=REVEAL, quorum_stake=2 * ETHER,
+    slash_bps=5_000, challenger_bps=4_000, verifier_bps=4_000, expert_bond_bps=5_000,
+)  # fmt: skip
+SIZES = [8, 16, 3]
+
+
+@pytest.fixture(scope="module")
+def devnet() -> Iterator[Devnet]:
+    with Devnet(params=PARAMS) as net:
+        yield net
+
+
+def packed(tmp_path: Path, seed: int) -> tuple[ModelStore, bytes]:
+    torch.manual_seed(seed)
+    manifest = pack(
+        MLP(SIZES, "relu"), "mlp", {"sizes": SIZES, "activation": "relu"},
+        [{"name": "x", "dtype": "float32", "shape": [-1, 8]}],
+        [{"name": "y", "dtype": "float32", "shape": [-1, 3]}],
+        Tolerance(1e-4, 1e-3), f"tiny-{seed}", "tiny-mlp", tmp_path / f"pkg{seed}",
+    )  # fmt: skip
+    store = ModelStore(tmp_path / f"served{seed}")
+    store.add(tmp_path / f"pkg{seed}")
+    return store, manifest.model_hash
+
+
+def model_handler(store: ModelStore) -> Any:
+    async def on_model(header: dict[str, Any], payload: bytes, peer: PeerId) -> tuple[dict[str, Any], bytes]:
+        request = ModelRequest.from_header(header, payload)
+        if not store.has(request.model_hash):
+            raise RemoteError(str(ErrorCode.NOT_FOUND), "not here")
+        answer = ModelResponse(
+            manifest=json.loads(store.manifest_bytes(request.model_hash)),
+            payload=store.weights_bytes(request.model_hash),
+        )
+        return answer.to_header(), answer.payload
+
+    return on_model
+
+
+def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet, tmp_path: Path) -> None:
+    deployment = devnet.deployment
+    assert deployment is not None
+
+    def chain(signer: LocalSigner | None) -> MarketChain:
+        return MarketChain(deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
+
+    # THROWAWAY TEST KEYS: anvil accounts 1 (operator), 2 (challenger), 3 and 4 (verifiers).
+    operator, challenger = chain(throwaway_signer(1)), chain(throwaway_signer(2))
+    voters = [chain(throwaway_signer(3)), chain(throwaway_signer(4))]
+    reader = chain(None)
+    hot = LocalSigner.generate()
+    receipts = hot.receipt_signer(deployment.chain_id, deployment.disputes)
+    for v in voters:
+        v.register_verifier(ETHER)
+
+    served, shared_model = packed(tmp_path, 0)  # served by a second expert only
+    _, orphan_model = packed(tmp_path, 1)  # served by nobody
+    evidence = EvidenceStore(tmp_path / "evidence")
+    x = {"x": torch.rand(2, 8)}
+    honest_y = served.get(shared_model)(x)
+    config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=20, fetch_attempts=1, threads=2)
+
+    async def main() -> None:
+        async with (
+            open_host() as challenger_host, open_host() as lazy_node, open_host() as other_node,
+            open_host() as host0, open_host() as host1,
+        ):  # fmt: skip
+            serve_evidence(challenger_host, evidence)
+            lazy_node.serve(MODEL, model_handler(ModelStore(tmp_path / "empty")))
+            other_node.serve(MODEL, model_handler(served))
+
+            def register(node: Any, model_hash: bytes) -> int:
+                endpoint = [a.split("/p2p/")[0] for a in node.listen_addrs]
+                return operator.register_expert(
+                    hot.address, model_hash, capability_id("tiny-mlp"), 10**12,
+                    node.identity.public_key_bytes, endpoint, ETHER,
+                )  # fmt: skip
+
+            def open_dispute(expert_id: int, model_hash: bytes, inputs: dict, outputs: dict, keep: bool) -> int:
+                in_specs, in_payload = encode_tensors(inputs)
+                out_specs, out_payload = encode_tensors(outputs)
+                in_hash = evidence.put_encoded(in_specs, in_payload) if keep else bytes(32)
+                out_hash = evidence.put_encoded(out_specs, out_payload) if keep else b"\x01" * 32
+                receipt = Receipt(expert_id, model_hash, new_request_id(), in_hash, out_hash, 10**12)
+                return challenger.open_dispute(receipts.sign(receipt), challenger_host.listen_addrs[0])
+
+            def setup() -> dict[str, int]:
+                lazy_shared = register(lazy_node, shared_model)
+                register(other_node, shared_model)
+                lazy_orphan = register(lazy_node, orphan_model)
+                return {
+                    # the accused node does not serve the model, another registered node does: judged on merits
+                    "fallback": open_dispute(lazy_shared, shared_model, x, honest_y, keep=True),
+                    # nobody serves the model the expert registered: guilty
+                    "no-model": open_dispute(lazy_orphan, orphan_model, x, {"y": torch.zeros(2, 3)}, keep=True),
+                    # the challenger does not serve its evidence: innocent
+                    "no-evidence": open_dispute(lazy_shared, shared_model, x, honest_y, keep=False),
+                }
+
+            ids = await trio.to_thread.run_sync(setup)
+
+            def verifier(i: int) -> Verifier:
+                return Verifier(voters[i], [host0, host1][i], ModelStore(tmp_path / f"models{i}"),
+                                tmp_path / f"state{i}", config)  # fmt: skip
+
+            first = [verifier(0), verifier(1)]
+            for v in first:
+                await v.poll_once()
+            for name, dispute_id in ids.items():
+                for v in voters:
+                    assert reader.commitment_of(dispute_id, v.address) != bytes(32), name
+            rules = {name: first[0].state.disputes[d].rule for name, d in ids.items()}
+            assert rules == {
+                "fallback": Rule.OUTPUTS_MATCH, "no-model": Rule.MODEL_UNAVAILABLE,
+                "no-evidence": Rule.EVIDENCE_UNAVAILABLE,
+            }  # fmt: skip
+            assert (tmp_path / "models0" / shared_model.hex()).is_dir()  # fetched from the other node
+
+            # Both verifiers "restart": new instances read the committed votes and salts back from disk.
+            again = [verifier(0), verifier(1)]
+            assert all(r.phase is Phase.COMMITTED for v in again for r in v.state.disputes.values())
+            await trio.to_thread.run_sync(reader.increase_time, COMMIT + 1)
+            for v in again:
+                await v.poll_once()
+            await trio.to_thread.run_sync(reader.increase_time, REVEAL + 1)
+            for v in again:
+                await v.poll_once()
+
+            outcome = {name: reader.get_dispute(d).status for name, d in ids.items()}
+            assert outcome == {
+                "fallback": DisputeStatus.INNOCENT, "no-model": DisputeStatus.GUILTY,
+                "no-evidence": DisputeStatus.INNOCENT,
+            }  # fmt: skip
+            assert all(r.phase is Phase.DONE for v in again for r in v.state.disputes.values())
+            assert sum(r.resolved_by_me for v in again for r in v.state.disputes.values()) == len(ids)
+            for v in voters:
+                assert reader.claimable(v.address) == 0  # claimed by the verifiers
+            assert sum(v.stats.claimed_wei for v in again) > 0
+
+    trio.run(main)
