@@ -208,7 +208,10 @@ class MarketChain:
         params: dict[str, Any] = {"from": account.address, "value": value}
         with translate_errors(self._decoder):
             fn = getattr(contract.functions, function)(*args)
-            gas = fn.estimate_gas(params)  # also the pre-flight: a revert is raised here with its data
+            # Also the pre-flight: a revert is raised here with its data. Estimated against the pending block,
+            # whose timestamp is "now": on a quiet chain (anvil's automine) the latest block can be minutes
+            # old, and a call that depends on time (resolving a dispute) would wrongly revert against it.
+            gas = fn.estimate_gas(params, block_identifier="pending")
             fees = self._fees()
             with self._send_lock:
                 for attempt in range(NONCE_ATTEMPTS):
@@ -748,6 +751,18 @@ class MarketChain:
             for ev in self._logs(self.disputes, "DisputeOpened", from_block, to_block)
             for a in (ev["args"],)
         ]
+
+    def payment_gas(self, from_block: int = 0, to_block: int | str | None = None) -> tuple[int, int]:
+        """(transactions, gas used) of every escrow deposit and redemption in [from_block, to_block]: what
+        paying for calls cost on chain (the demo's and the benchmarks' gas-per-request figure)."""
+        txs = {
+            bytes(ev["transactionHash"])
+            for event in ("Deposited", "VoucherRedeemed")
+            for ev in self._logs(self.escrow, event, from_block, to_block)
+        }
+        with translate_errors(self._decoder):
+            gas = sum(int(self._w3.eth.get_transaction_receipt(tx)["gasUsed"]) for tx in txs)
+        return len(txs), gas
 
     def disputes_resolved(
         self, from_block: int = 0, to_block: int | str | None = None
