@@ -240,6 +240,10 @@ class ModelRuntime:
                 return None
             head = self._queue.popleft()
             batch, rows = [head], head.rows
+            if not self._queue:
+                # Nothing else is waiting: a lone request runs at once instead of paying `max_wait` for a
+                # batch that is not coming. Under load the queue fills while a batch runs, and waiting pays.
+                return batch
             deadline = time.monotonic() + self.max_wait
             while rows < self.max_batch and not self._closed:
                 rows = self._gather(head.key, batch, rows)

@@ -298,8 +298,10 @@ class ExpertServer:
 
     async def _check_deposit(self, client: str, served: ServedExpert, cumulative: int) -> None:
         """The client's escrow balance must cover what this node would be owed after accepting the voucher."""
-        owed_before = await trio.to_thread.run_sync(self.ledger.outstanding_amount, client)
-        held = await trio.to_thread.run_sync(self.ledger.last_cumulative, client, served.expert_id)
+        def read() -> tuple[int, int]:
+            return self.ledger.outstanding_amount(client), self.ledger.last_cumulative(client, served.expert_id)
+
+        owed_before, held = await trio.to_thread.run_sync(read)
         owed_after = owed_before + max(cumulative - held, 0)
         balance = await self.deposits.balance(client)
         if balance < owed_after:
