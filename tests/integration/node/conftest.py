@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from market_harness import digits_bundle
+
 from node.localnet import LocalMarket, NodeSpec
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 import trio
 
-from market.chain.contracts import MarketChain
 from market.chain.devnet import throwaway_signer
 from market.chain.eip712 import VoucherSigner, recover_receipt_signer
 from market.models.package import load_package
@@ -22,7 +21,7 @@ from market.protocol.hashing import new_request_id, tensor_hash
 from market.protocol.ids import INFER, QUOTE
 from market.protocol.messages import ErrorMessage, InferRequest, InferResult, QuoteRequest, QuoteResponse
 from market.transport import open_host
-from market.types import SignedVoucher, Voucher
+from market.types import SignedVoucher
 from node.app import LEDGER_FILE, NodeConfig
 from node.ledger import VoucherLedger
 
