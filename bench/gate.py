@@ -25,38 +25,14 @@ TARGET = Target("<=", 2.0, "value", "<= 2 ms at 100,000")
 
 
 def naive_select_ms(n: int, repeats: int, *, redundancy: int = 3, observed: int = 100, seed: int = 0) -> float:
-    """Milliseconds per `select` over the plain list, on the market `bench_gate(n)` builds (same seed, same
-    observations, same request: this mirrors its set-up line for line)."""
-    from market.gate import GatePolicy, GateRequest, _random_market, select
-    from market.reputation import ReputationBook
+    """Milliseconds per `select` over the plain list, on the same market `bench_gate(n)` uses."""
+    from market.gate import bench_market, select
 
-    rng = random.Random(seed)
-    now = 1_700_000_000
-    model = b"\x42" * 32
-    experts = _random_market(n, rng, model, now)
-    book = ReputationBook()
-    for info in rng.sample(experts, min(observed, n)):
-        st = book.stats(info.expert_id)
-        for _ in range(rng.randrange(1, 30)):
-            if rng.random() < 0.95:
-                st.record_success(rng.uniform(20, 400), now=now)
-            else:
-                st.record_failure("timeout", now=now)
-            st.record_vote(rng.random() < 0.97)
-    policy = GatePolicy(seed=seed)
-    prices = sorted(e.price for e in experts)
-    request = GateRequest(
-        model_hash=model,
-        redundancy=redundancy,
-        max_price=prices[len(prices) // 2],
-        min_stake=2 * 10**18,
-        deadline_ms=1_000,
-        allow_partial=True,
-    )
+    m = bench_market(n, redundancy=redundancy, observed=observed, seed=seed)
     select_rng = random.Random(seed)
     start = time.perf_counter()
     for _ in range(repeats):
-        select(experts, request, book, policy, select_rng, now)
+        select(m.experts, m.request, m.book, m.policy, select_rng, m.now)
     return (time.perf_counter() - start) * 1000 / repeats
 
 

@@ -854,16 +854,20 @@ def _random_market(n: int, rng: random.Random, model: bytes, now: int) -> list[E
     return experts
 
 
-def bench_gate(
-    n: int, *, selections: int = 200, redundancy: int = 3, observed: int = 100, seed: int = 0
-) -> float:
-    """Milliseconds per `CandidateIndex.select` over n experts of one model (index built beforehand).
+@dataclass(frozen=True, slots=True)
+class BenchMarket:
+    """The random market the gate benchmarks run on: candidates, a book with observations, a request."""
 
-    The client has observed `observed` random experts; the request asks `redundancy` experts under the
-    median price with a minimum stake; the default policy (with exploration) is used.
-    """
-    if n < 1 or selections < 1:
-        raise MarketInputError("bench_gate needs n >= 1 and selections >= 1")
+    experts: list[ExpertInfo]
+    book: ReputationBook
+    policy: GatePolicy
+    request: GateRequest
+    now: int
+
+
+def bench_market(n: int, *, redundancy: int = 3, observed: int = 100, seed: int = 0) -> BenchMarket:
+    """n experts of one model; the client has observed `observed` random ones; the request asks `redundancy`
+    experts under the median price with a minimum stake; the default policy (with exploration)."""
     rng = random.Random(seed)
     now = 1_700_000_000
     model = b"\x42" * 32
@@ -877,8 +881,6 @@ def bench_gate(
             else:
                 st.record_failure("timeout", now=now)
             st.record_vote(rng.random() < 0.97)
-    policy = GatePolicy(seed=seed)
-    index = CandidateIndex(experts, now=now, params=book.params, policy=policy)
     prices = sorted(e.price for e in experts)
     request = GateRequest(
         model_hash=model,
@@ -888,8 +890,19 @@ def bench_gate(
         deadline_ms=1_000,
         allow_partial=True,
     )
+    return BenchMarket(experts, book, GatePolicy(seed=seed), request, now)
+
+
+def bench_gate(
+    n: int, *, selections: int = 200, redundancy: int = 3, observed: int = 100, seed: int = 0
+) -> float:
+    """Milliseconds per `CandidateIndex.select` over `bench_market(n)` (index built beforehand)."""
+    if n < 1 or selections < 1:
+        raise MarketInputError("bench_gate needs n >= 1 and selections >= 1")
+    m = bench_market(n, redundancy=redundancy, observed=observed, seed=seed)
+    index = CandidateIndex(m.experts, now=m.now, params=m.book.params, policy=m.policy)
     select_rng = random.Random(seed)
     start = time.perf_counter()
     for _ in range(selections):
-        index.select(request, book, policy, select_rng, now)
+        index.select(m.request, m.book, m.policy, select_rng, m.now)
     return (time.perf_counter() - start) * 1000 / selections

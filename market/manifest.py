@@ -26,6 +26,7 @@ import torch
 from Crypto.Hash import keccak as _keccak
 
 from market.errors import MarketInputError, ModelError
+from market.protocol.codec import TORCH_DTYPES
 
 __all__ = [
     "DTYPES",
@@ -54,18 +55,7 @@ _MAX_RANK = 8
 _MAX_WEIGHTS_SIZE = 1 << 40
 
 # The wire protocol's dtypes (docs/protocol.md), by their manifest names.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+DTYPES: dict[str, torch.dtype] = dict(TORCH_DTYPES)
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
