@@ -47,14 +47,14 @@ import fcntl
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from market.durable import DurableSqlite
 from market.errors import MarketConfigError, MarketError, MarketInputError
 
 __all__ = ["InFlight", "VoucherBook", "WalletError"]
@@ -145,45 +145,35 @@ class VoucherBook:
         busy_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if str(path) == ":memory:" or str(path).startswith("file:"):
-            raise MarketConfigError(
-                "the voucher book needs a file path: in memory it would forget what was signed"
-            )
         if busy_timeout_s <= 0:
             raise MarketConfigError("busy_timeout_s must be positive")
-        self._path = Path(path)
         self._domain = (
             _check_address("escrow", escrow),
             _check_chain_id(chain_id),
             _check_address("client", client),
         )
         self._clock = clock
-        self._lock = threading.Lock()
-        self._lock_file = _take_file_lock(self._path)
-        created = not self._path.exists()
+        path = Path(path)
+        if str(path) == ":memory:" or str(path).startswith("file:"):
+            raise MarketConfigError("the voucher book needs a file path: in memory it would forget what was signed")
+        self._lock_file = _take_file_lock(path)
         try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self._path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
+            self._db = DurableSqlite(path, what="the voucher book", error=WalletError, busy_timeout_s=busy_timeout_s)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._path = self._db.path
+        try:
             self._setup()
         except BaseException as exc:
-            if getattr(self, "_conn", None) is not None:
-                self._conn.close()  # type: ignore[union-attr]
-            self._conn = None
+            self._db.close()
             self._lock_file.close()
-            if isinstance(exc, sqlite3.Error | WalletError):
+            if isinstance(exc, WalletError):
                 raise MarketConfigError(f"cannot open the voucher book {self._path}: {exc}") from exc
             raise
-        if created:
-            _fsync_dir(self._path.parent)
+        self._db.sync_new_file()
 
     def _setup(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise MarketConfigError(f"the voucher book {self._path} cannot use WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
         with self._write() as c:
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -214,42 +204,11 @@ class VoucherBook:
 
     # ------------------------------------------------------------------ transactions
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise WalletError(f"the voucher book {self._path} is unavailable: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise WalletError(f"a write to the voucher book {self._path} failed: {exc}") from exc
-                raise
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.write()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN")
-                try:
-                    yield conn
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise WalletError(f"a read from the voucher book {self._path} failed: {exc}") from exc
-
-    def _open_conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise WalletError(f"the voucher book {self._path} is closed")
-        return self._conn
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.read()
 
     # ------------------------------------------------------------------ the rules
 
@@ -390,11 +349,8 @@ class VoucherBook:
     def close(self) -> None:
         """Closes the book (idempotent) and frees the file for another process. Calls still in flight are
         settled as unknown the next time the book is opened."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-                self._lock_file.close()
+        if self._db.close():
+            self._lock_file.close()
 
     def __enter__(self) -> VoucherBook:
         return self
@@ -483,16 +439,3 @@ def _take_file_lock(path: Path) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

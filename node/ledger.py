@@ -37,14 +37,14 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from market.durable import DurableSqlite
 from market.errors import MarketConfigError, MarketError, MarketInputError, PaymentError
 from market.types import Receipt, SignedReceipt, SignedVoucher, Voucher
 
@@ -233,45 +233,23 @@ class VoucherLedger:
     ) -> None:
         if receipt_max_age_s <= 0 or receipt_max_rows <= 0:
             raise MarketConfigError("receipt_max_age_s and receipt_max_rows must be positive")
-        if busy_timeout_s <= 0:
-            raise MarketConfigError("busy_timeout_s must be positive: a ledger write must not wait forever")
-        self._path = Path(path)
-        if str(path) == ":memory:" or str(path).startswith("file:"):
-            raise MarketConfigError(
-                "the ledger needs a file path: an in-memory ledger would lose every voucher"
-            )
         self._receipt_max_age_s = float(receipt_max_age_s)
         self._receipt_max_rows = int(receipt_max_rows)
         self._clock = clock
-        self._lock = threading.Lock()
         self._receipts_since_prune = 0
-        created = not self._path.exists()
-        try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self._path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise MarketConfigError(f"cannot open the ledger {self._path}: {exc}") from exc
+        self._db = DurableSqlite(path, what="the ledger", error=LedgerError, busy_timeout_s=busy_timeout_s)
+        self._path = self._db.path
         try:
             self._setup(escrow, chain_id)
         except BaseException:
-            self._conn.close()
-            self._conn = None
+            self._db.close()
             raise
-        if created:
-            # The new file's directory entry must survive a power loss too, not only its contents.
-            _fsync_dir(self._path.parent)
+        self._db.sync_new_file()
 
     # ------------------------------------------------------------------ setup
 
     def _setup(self, escrow: str | None, chain_id: int | None) -> None:
-        conn = self._conn
-        assert conn is not None
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise MarketConfigError(f"the ledger {self._path} cannot use WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous=FULL")
             with self._write() as c:
                 version = c.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
@@ -285,7 +263,7 @@ class VoucherLedger:
                         c.execute(statement)
                 c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._bind_domain(c, escrow, chain_id)
-        except sqlite3.Error as exc:
+        except LedgerError as exc:
             raise MarketConfigError(f"cannot open the ledger {self._path}: {exc}") from exc
 
     def _bind_domain(self, c: sqlite3.Connection, escrow: str | None, chain_id: int | None) -> None:
@@ -307,56 +285,13 @@ class VoucherLedger:
 
     # ------------------------------------------------------------------ transactions
 
-    @contextmanager
-    def _write(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the lock: committed (and fsynced) when the block ends.
+    def _write(self, *, fsync: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """One fsynced write transaction (receipts pass ``fsync=False``: they survive a SIGKILL, not a power
+        loss; they are the node's copies of what it signed, not money, and their fsync doubled a call's latency)."""
+        return self._db.write(fsync=fsync)
 
-        ``fsync=False`` commits without waiting for the disk (``synchronous=NORMAL`` in WAL mode): the write
-        survives a crash of the process (SIGKILL) but not a power loss. Only receipts use it: they are the
-        node's own copies of what it signed, not money, and their fsync doubled the latency of a paid call.
-        """
-        with self._lock:
-            conn = self._open_conn()
-            if not fsync:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                if not fsync:
-                    conn.execute("PRAGMA synchronous=FULL")
-                raise LedgerError(f"the ledger {self._path} is unavailable: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise LedgerError(f"a write to the ledger {self._path} failed: {exc}") from exc
-                raise
-            finally:
-                if not fsync:
-                    conn.execute("PRAGMA synchronous=FULL")
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent snapshot for several SELECTs."""
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN")
-                try:
-                    yield conn
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise LedgerError(f"a read from the ledger {self._path} failed: {exc}") from exc
-
-    def _open_conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise LedgerError(f"the ledger {self._path} is closed")
-        return self._conn
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.read()
 
     # ------------------------------------------------------------------ vouchers
 
@@ -720,10 +655,7 @@ class VoucherLedger:
 
     def close(self) -> None:
         """Closes the connection (idempotent). Everything recorded is already on disk."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     def __enter__(self) -> VoucherLedger:
         return self
@@ -764,16 +696,3 @@ class VoucherLedger:
 
 
 _CLEAR_PENDING = ", pending_tx = NULL, pending_amount = NULL, pending_since = NULL"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -71,7 +71,7 @@ def test_empty_ledger(ledger: VoucherLedger) -> None:
 
 
 def test_sqlite_settings_are_wal_and_full_sync(ledger: VoucherLedger) -> None:
-    conn = ledger._conn
+    conn = ledger._db.conn()
     assert conn is not None
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is fsynced on every commit

@@ -204,7 +204,7 @@ def test_refuses_bad_configuration(tmp_path: Path) -> None:
 
 
 def test_sqlite_settings(book: VoucherBook) -> None:
-    conn = book._conn
+    conn = book._db.conn()
     assert conn is not None
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
