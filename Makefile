@@ -35,7 +35,7 @@ contracts/out/.built: node_modules/.installed $(shell find contracts/src -name '
 artifacts: setup contracts/out/.built
 	$(PY) -m market.chain.artifacts --write
 
-test: setup test-contracts slither test-python lint
+test: setup lint test-contracts slither test-python
 
 test-contracts: contracts/out/.built
 	cd contracts && $(FORGE) test
