@@ -108,11 +108,18 @@ class ServerStats:
 
 
 class DepositView:
-    """A cached view of clients' escrow balances: refreshed after `ttl` or when it would refuse a call."""
+    """A cached view of clients' escrow balances: refreshed after `ttl` or when it would refuse a call.
 
-    def __init__(self, fetch: Callable[[str], int], ttl: float) -> None:
+    A refresh waits at most `timeout` seconds for the chain: when the RPC is unreachable the last known
+    balance is used (it can only have grown, except by this node's own redemptions or a withdrawal, which
+    waits longer than the redeem window), and a client never seen before is refused with a clear error
+    before any voucher is recorded. A call is never left waiting on a stalled RPC.
+    """
+
+    def __init__(self, fetch: Callable[[str], int], ttl: float, timeout: float = 3.0) -> None:
         self._fetch = fetch
         self._ttl = ttl
+        self._timeout = timeout
         self._cache: dict[str, tuple[int, float]] = {}
 
     async def balance(self, client: str, *, fresh: bool = False) -> int:
@@ -120,7 +127,17 @@ class DepositView:
         now = time.monotonic()
         if hit is not None and not fresh and now - hit[1] < self._ttl:
             return hit[0]
-        value = await trio.to_thread.run_sync(self._fetch, client)
+        value: int | None = None
+        with trio.move_on_after(self._timeout):
+            try:
+                value = await trio.to_thread.run_sync(self._fetch, client, abandon_on_cancel=True)
+            except MarketError as exc:
+                logger.warning("could not read the escrow balance of %s: %s", client, exc)
+        if value is None:
+            if hit is not None:
+                logger.warning("chain unreachable: using the last known escrow balance of %s", client)
+                return hit[0]
+            raise _remote(ErrorCode.INTERNAL, "the chain is unreachable, so your deposit cannot be checked; try later")
         self._cache[client] = (value, now)
         return value
 
