@@ -298,7 +298,6 @@ def run_chain_freeze(market: LocalMarket, model_hash: bytes, freeze_s: float, re
         pytest.xfail(f"BUG: a call in flight when the chain froze was never answered: {row.notes['slowest_call']}")
 
 
-@pytest.mark.chaos  # ~50 s and an open bug (docs/reliability.md): run by `make chaos`, not `make test`
 def test_chain_rpc_frozen_quick(market, model_hash, record_row) -> None:
     run_chain_freeze(market, model_hash, 5.0, record_row, "2 anvil SIGSTOP 5s", False)
 
