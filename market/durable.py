@@ -137,3 +137,24 @@ class DurableSqlite:
             self._conn.close()
             self._conn = None
             return True
+
+
+def atomic_write(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Writes `data` to `path` so that a crash leaves either the old file or the new one, never a torn one:
+    a temporary file beside it, fsynced, then renamed over it. `private` creates it with mode 0600."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if private:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -30,19 +30,18 @@ honest for display and for any caller that ranks without the gate.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from market.durable import atomic_write
 from market.errors import MarketConfigError, MarketInputError
 from market.types import ExpertInfo
 
@@ -262,18 +261,7 @@ class ReputationBook:
             "experts": {str(eid): asdict(st) for eid, st in sorted(self._stats.items())},
         }
         data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], params: ReputationParams | None = None) -> ReputationBook:

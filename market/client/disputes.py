@@ -10,16 +10,15 @@ Writes are atomic (temporary file, fsync, rename) or appends of whole lines. No 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from market.durable import atomic_write
 from market.errors import MarketConfigError
 from market.types import DisputeStatus, Receipt, SignedReceipt
 
@@ -68,21 +67,6 @@ def receipt_from_json(obj: dict[str, Any]) -> SignedReceipt:
         ),
         _unhex(obj["signature"], 65),
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class EvidenceLog:
@@ -143,7 +127,7 @@ class DisputeBook:
 
     def _save(self) -> None:
         doc = {"format": _FORMAT, "version": 1, "disputes": [self._items[k] for k in sorted(self._items)]}
-        _atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
+        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
     def add(self, dispute_id: int, signed: SignedReceipt, endpoint: str) -> None:
         with self._lock:

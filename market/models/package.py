@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from market.durable import atomic_write
 from market.errors import ModelError, ModelHashMismatchError
 from market.manifest import (
     WEIGHTS_FILE,
@@ -325,8 +326,8 @@ def pack(
     _check_weights_fit(manifest, safetensors_header(weights))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_FILE, weights)
-    _atomic_write(out / MANIFEST_FILE, (manifest.to_json(indent=2) + "\n").encode("ascii"))
+    atomic_write(out / WEIGHTS_FILE, weights)
+    atomic_write(out / MANIFEST_FILE, (manifest.to_json(indent=2) + "\n").encode("ascii"))
     log.info("packed %s (%s) into %s", manifest.name, manifest.model_hash_hex, out)
     return manifest
 
@@ -376,19 +377,6 @@ def load_from_bytes(manifest_json: bytes, weights: bytes, expected_model_hash: b
     beyond the manifest JSON or built (ModelHashMismatchError); weights are read with safetensors only."""
     manifest = verify_bytes(manifest_json, weights, expected_model_hash)
     return _build(manifest, weights)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True, slots=True)

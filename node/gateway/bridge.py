@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from market.client.disputes import receipt_to_json
 from market.errors import MarketInputError, ModelError, NoExpertError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
     from market.chain.records import DisputeInfo
     from market.reputation import LocalStats
-    from market.types import ExpertInfo, SignedReceipt
+    from market.types import ExpertInfo
 
 __all__ = [
     "ClientBackend",
@@ -309,17 +310,7 @@ def _hex(data: bytes) -> str:
     return "0x" + bytes(data).hex()
 
 
-def receipt_json(signed: SignedReceipt) -> dict[str, Any]:
-    r = signed.receipt
-    return {
-        "expert_id": r.expert_id,
-        "model_hash": _hex(r.model_hash),
-        "request_id": _hex(r.request_id),
-        "input_hash": _hex(r.input_hash),
-        "output_hash": _hex(r.output_hash),
-        "price": str(r.price),
-        "signature": _hex(signed.signature),
-    }
+receipt_json = receipt_to_json  # one JSON form of a receipt, shared with the client's evidence files
 
 
 def expert_json(info: ExpertInfo, *, score: float | None = None, seen: LocalStats | None = None) -> dict[str, Any]:
