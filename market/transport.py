@@ -63,6 +63,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
+from market.durable import atomic_write
 from market.errors import (
     FrameTooLargeError,
     MalformedMessageError,
@@ -221,18 +222,7 @@ class NodeIdentity:
             },
         }
         data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, data, private=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], password: str | bytes) -> NodeIdentity:

@@ -20,53 +20,14 @@ from typing import Any
 
 from market.durable import atomic_write
 from market.errors import MarketConfigError
-from market.types import DisputeStatus, Receipt, SignedReceipt
+from market.protocol.messages import receipt_from_json, receipt_to_json
+from market.types import DisputeStatus, SignedReceipt
 
 __all__ = ["DisputeBook", "EvidenceLog", "receipt_from_json", "receipt_to_json"]
 
 logger = logging.getLogger(__name__)
 
 _FORMAT = "moe-market/client-disputes"
-
-
-def _hex(data: bytes) -> str:
-    return "0x" + data.hex()
-
-
-def _unhex(value: str, size: int | None = None) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x"):
-        raise ValueError(f"expected 0x-prefixed hex, got {value!r:.40}")
-    data = bytes.fromhex(value[2:])
-    if size is not None and len(data) != size:
-        raise ValueError(f"expected {size} bytes, got {len(data)}")
-    return data
-
-
-def receipt_to_json(signed: SignedReceipt) -> dict[str, Any]:
-    r = signed.receipt
-    return {
-        "expert_id": r.expert_id,
-        "model_hash": _hex(r.model_hash),
-        "request_id": _hex(r.request_id),
-        "input_hash": _hex(r.input_hash),
-        "output_hash": _hex(r.output_hash),
-        "price": str(r.price),
-        "signature": _hex(signed.signature),
-    }
-
-
-def receipt_from_json(obj: dict[str, Any]) -> SignedReceipt:
-    return SignedReceipt(
-        Receipt(
-            expert_id=int(obj["expert_id"]),
-            model_hash=_unhex(obj["model_hash"], 32),
-            request_id=_unhex(obj["request_id"], 32),
-            input_hash=_unhex(obj["input_hash"], 32),
-            output_hash=_unhex(obj["output_hash"], 32),
-            price=int(obj["price"]),
-        ),
-        _unhex(obj["signature"], 65),
-    )
 
 
 class EvidenceLog:

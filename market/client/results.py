@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from market.protocol.messages import receipt_to_json
 from market.types import DisputeStatus, SignedReceipt
 
 if TYPE_CHECKING:
@@ -52,20 +53,11 @@ class EvidenceItem:
         return self.receipt.receipt.output_hash
 
     def to_json(self) -> dict[str, Any]:
-        r = self.receipt.receipt
         return {
             "expert_id": self.expert_id,
             "operator": self.operator,
             "reason": self.reason,
-            "receipt": {
-                "expert_id": r.expert_id,
-                "model_hash": _hex(r.model_hash),
-                "request_id": _hex(r.request_id),
-                "input_hash": _hex(r.input_hash),
-                "output_hash": _hex(r.output_hash),
-                "price": str(r.price),
-                "signature": _hex(self.receipt.signature),
-            },
+            "receipt": receipt_to_json(self.receipt),
         }
 
 

@@ -400,7 +400,8 @@ def _voucher_from_json(obj: object) -> SignedVoucher:
     )
 
 
-def _receipt_to_json(receipt: SignedReceipt) -> dict[str, Any]:
+def receipt_to_json(receipt: SignedReceipt) -> dict[str, Any]:
+    """The JSON form of a signed receipt: on the wire, in the client's evidence files and in the gateway."""
     r = receipt.receipt
     return {
         "expert_id": r.expert_id,
@@ -413,7 +414,8 @@ def _receipt_to_json(receipt: SignedReceipt) -> dict[str, Any]:
     }
 
 
-def _receipt_from_json(obj: object) -> SignedReceipt:
+def receipt_from_json(obj: object) -> SignedReceipt:
+    """Parses `receipt_to_json`'s form (MalformedMessageError, a ValueError, on anything else)."""
     if not isinstance(obj, dict):
         raise MalformedMessageError("result: receipt must be an object")
     return SignedReceipt(
@@ -486,7 +488,7 @@ class InferResult(_Message):
             "type": self.TYPE,
             "request_id": _hex(self.request_id),
             "tensors": [s.to_json() for s in self.tensors],
-            "receipt": _receipt_to_json(self.receipt),
+            "receipt": receipt_to_json(self.receipt),
             "compute_ms": self.compute_ms,
         }
 
@@ -498,7 +500,7 @@ class InferResult(_Message):
         return cls(
             request_id=parse_hex(_field(header, "request_id"), 32, "request_id"),
             tensors=tensors,
-            receipt=_receipt_from_json(_field(header, "receipt")),
+            receipt=receipt_from_json(_field(header, "receipt")),
             compute_ms=_parse_float(_field(header, "compute_ms"), "compute_ms"),
             payload=bytes(payload),
         )

@@ -40,8 +40,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from market.client.disputes import receipt_to_json
 from market.errors import MarketInputError, ModelError, NoExpertError
+from market.protocol.messages import receipt_to_json
 
 if TYPE_CHECKING:
     import torch
