@@ -19,6 +19,7 @@ node.toml:
     threshold_wei = 10000000000000000
     max_age_s = 30.0
     interval_s = 2.0
+    shutdown_s = 15.0                  # the most the last redemption waits for the chain on the way out
     [[experts]]
     expert_id = 3
     model_hash = "0x..."
@@ -148,6 +149,7 @@ class NodeConfig:
             f"max_batch = {self.redeem.max_batch}",
             f"interval_s = {float(self.redeem.interval_s)}",
             f"max_backoff_s = {float(self.redeem.max_backoff_s)}",
+            f"shutdown_s = {float(self.redeem.shutdown_s)}",
         ]
         for e in self.experts:
             lines += [

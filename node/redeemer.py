@@ -9,12 +9,17 @@ start-up) the chain's `redeemed()` is adopted for each pair involved, because th
 voucher when a client's balance ran short, and because the chain is the truth after a crash between sending a
 transaction and recording it.
 
-It does blocking chain and SQLite I/O: run `redeem_once` in a worker thread (`run` does).
+It does blocking chain and SQLite I/O: run `redeem_once` in a worker thread (`run` does). A blocked chain
+call cannot be interrupted, so `run` never waits for one when it is cancelled: the round's thread is
+abandoned (rounds take a lock, so an abandoned round and the next never overlap), and the last round on the
+way out waits at most `shutdown_s`. Whatever it did not redeem stays in the ledger for the next start, and a
+transaction that went out unrecorded is adopted from the chain's `redeemed()` then.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ class RedeemPolicy:
     max_batch: int = 500
     interval_s: float = 2.0
     max_backoff_s: float = 60.0
+    shutdown_s: float = 15.0  # the most the last round on the way out waits for the chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +75,17 @@ class Redeemer:
         self.total_paid = 0
         self.total_gas = 0
         self.total_vouchers = 0
+        self._round = threading.Lock()  # one round at a time, abandoned ones included
 
     def _pending_items(self) -> list[tuple[SignedVoucher, int]]:
         return [item for item in self.ledger.unredeemed() if item[0].voucher.expert_id in self.expert_ids]
 
     def sync_from_chain(self) -> None:
         """Adopts the chain's redeemed amounts for every pair with unredeemed vouchers (start-up, after errors)."""
+        with self._round:
+            self._sync_all()
+
+    def _sync_all(self) -> None:
         for signed, _ in self._pending_items():
             v = signed.voucher
             self.ledger.sync_redeemed(v.client, v.expert_id, self.chain.redeemed(v.client, v.expert_id))
@@ -95,6 +106,10 @@ class Redeemer:
 
     def redeem_once(self, *, force: bool = False) -> RedeemReport:
         """One round: redeem every unredeemed voucher in batches if due (or `force`)."""
+        with self._round:
+            return self._round_locked(force)
+
+    def _round_locked(self, force: bool) -> RedeemReport:
         now = time.monotonic()
         if not force and (now < self._next_try or not self.due(now)):
             return RedeemReport(0, 0, 0, 0)
@@ -171,18 +186,23 @@ class Redeemer:
         return paid, gas
 
     async def run(self) -> None:
-        """Redeem in the background until cancelled; a last forced round runs on the way out."""
-        await trio.to_thread.run_sync(self.sync_from_chain)
+        """Redeem in the background until cancelled; a last forced round (at most `shutdown_s`) on the way out."""
         try:
+            await trio.to_thread.run_sync(self.sync_from_chain, abandon_on_cancel=True)
             while True:
                 await trio.sleep(self.policy.interval_s)
                 try:
-                    await trio.to_thread.run_sync(self.redeem_once)
+                    await trio.to_thread.run_sync(self.redeem_once, abandon_on_cancel=True)
                 except Exception:  # a redemption round must never take the node down
                     logger.exception("redemption round failed")
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(self.policy.shutdown_s) as last:
                 try:
-                    await trio.to_thread.run_sync(lambda: self.redeem_once(force=True))
+                    await trio.to_thread.run_sync(lambda: self.redeem_once(force=True), abandon_on_cancel=True)
                 except Exception:
                     logger.exception("final redemption failed; the vouchers stay in the ledger")
+            if last.cancelled_caught:
+                logger.warning(
+                    "the chain did not answer within %.0f s on the way out; what is owed stays in the ledger "
+                    "and is redeemed at the next start", self.policy.shutdown_s,
+                )
