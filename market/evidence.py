@@ -57,7 +57,7 @@ from market.protocol.specs import TensorSpec, specs_from_json
 if TYPE_CHECKING:
     import torch
 
-    from market.transport import MarketHost, PeerId
+    from market.transport import Handler, MarketHost, PeerId
 
 __all__ = [
     "DEFAULT_FETCH_TIMEOUT",
@@ -292,8 +292,8 @@ class EvidenceStore:
 # the evidence protocol
 
 
-def serve_evidence(host: MarketHost, store: EvidenceStore) -> None:
-    """Answer `/moe-market/evidence/1.0.0` requests on `host` from `store` (NOT_FOUND for unknown hashes)."""
+def evidence_handler(store: EvidenceStore) -> Handler:
+    """The `/moe-market/evidence/1.0.0` handler over `store` (NOT_FOUND for unknown hashes)."""
 
     async def on_evidence(header: Mapping[str, Any], payload: bytes, peer: PeerId) -> tuple[dict[str, Any], bytes]:
         request = EvidenceRequest.from_header(header, payload)
@@ -306,7 +306,12 @@ def serve_evidence(host: MarketHost, store: EvidenceStore) -> None:
         answer = EvidenceResponse(hash=request.hash, tensors=specs, payload=data)
         return answer.to_header(), answer.payload
 
-    host.serve(EVIDENCE, on_evidence)
+    return on_evidence
+
+
+def serve_evidence(host: MarketHost, store: EvidenceStore) -> None:
+    """Answer `/moe-market/evidence/1.0.0` requests on `host` from `store`."""
+    host.serve(EVIDENCE, evidence_handler(store))
 
 
 def _endpoint_addrs(endpoint: str) -> list[str]:
