@@ -128,3 +128,59 @@ def test_fuzz_decoders_quick(target: str) -> None:
 @pytest.mark.parametrize("target", ["body", "framed_header", "message", "tensors"])
 def test_fuzz_decoders_long(target: str) -> None:
     _target(target, LONG)()
+
+
+def seed_bodies() -> dict[str, bytes]:
+    """Valid frame bodies of each kind the node reads: where the coverage-guided fuzzer starts mutating."""
+    import torch
+
+    from market.chain.devnet import throwaway_signer
+    from market.protocol.hashing import new_request_id
+
+    specs_, payload = codec.encode_tensors({"x": torch.rand(2, 4), "mask": torch.ones(2, dtype=torch.bool)})
+    # THROWAWAY TEST KEY (anvil's account 5).
+    voucher = throwaway_signer(5).voucher_signer(31337, "0x" + "e5" * 20).sign(1, 10**12)
+    infer = messages.InferRequest(
+        request_id=new_request_id(), expert_id=1, model_hash=b"\x01" * 32, tensors=tuple(specs_),
+        voucher=voucher, deadline_ms=1000, payload=payload,
+    )  # fmt: skip
+    quote = messages.QuoteRequest(client=voucher.voucher.client, model_hash=b"\x02" * 32)
+    error = messages.ErrorMessage(code=messages.ErrorCode.VOUCHER_TOO_LOW, message="sign more", cumulative=10)
+    return {
+        "infer": encode_body(infer.to_header(), payload),
+        "quote": encode_body(quote.to_header(), b""),
+        "model": encode_body(messages.ModelRequest(b"\x03" * 32).to_header(), b""),
+        "evidence": encode_body(messages.EvidenceRequest(b"\x04" * 32).to_header(), b""),
+        "error": encode_body(error.to_header(), b""),
+    }
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(3600)
+def test_atheris_decoders_long(tmp_path, record_row) -> None:
+    """libFuzzer-driven (atheris) fuzzing of the decoders from valid seeds: MOE_ATHERIS_RUNS inputs (1,000,000)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import Row
+
+    pytest.importorskip("atheris", reason="atheris is installed with the dev extras on Linux x86_64 only")
+    runs = int(os.environ.get("MOE_ATHERIS_RUNS", "1000000"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, body in seed_bodies().items():
+        (corpus / name).write_bytes(body)
+    harness = Path(__file__).with_name("atheris_decoders.py")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(harness), f"-runs={runs}", "-max_len=4096", "-print_final_stats=1", str(corpus)],
+        capture_output=True, text=True, timeout=3000, check=False,
+    )  # fmt: skip
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert f"Done {runs} runs" in log, log[-2000:]
+    coverage = [line for line in log.splitlines() if "DONE" in line and "cov:" in line]
+    record_row(Row("decoder fuzz (atheris)", attempted=runs, succeeded=runs, seconds=time.monotonic() - started,
+                   notes={"final": coverage[-1].strip() if coverage else ""}))  # fmt: skip
