@@ -9,7 +9,8 @@ For each expert of the redundancy set, concurrently (one "slot" each):
       result       the node kept the voucher: confirm it; then check the answer (market.client.checks); a bad
                    answer is a failure (and evidence when it is signed)
       error        the node did not keep the voucher: release it (not kept); VOUCHER_TOO_LOW: resync from
-                   the node's amount and try once more; INSUFFICIENT_DEPOSIT: stop, the deposit is short
+                   the node's amount and send again (at most MAX_VOUCHER_SENDS sends: concurrent calls to one
+                   expert can reach it out of order); INSUFFICIENT_DEPOSIT: stop, the deposit is short
       no answer    (timeout, connection lost, cancelled) the node may hold it: release it as kept, which
                    marks the expert for a resync before the next call
     on failure the slot takes the next fallback of an operator not yet in the set (market.gate.substitute)
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["CallEngine", "CallPlan", "EngineSettings", "gather"]
 
 logger = logging.getLogger(__name__)
+
+MAX_VOUCHER_SENDS = 8  # per expert and call: the first send plus resends after VOUCHER_TOO_LOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +323,16 @@ class CallEngine:
             raise _Failed("transport", f"cannot reach the node: {exc}") from None
         if await trio.to_thread.run_sync(self.wallet.needs_resync, eid):
             await self._resync(expert)
-        for retry in (False, True):
-            answer = await self._send(plan, run, expert, retry)
+        # VOUCHER_TOO_LOW: resync to the node's amount and send again. Concurrent calls to one expert travel on
+        # separate streams and can reach its node out of order, so a resend can lose the same race again; it
+        # converges (each loss means the node's amount rose), and the number of sends is bounded.
+        for send in range(1, MAX_VOUCHER_SENDS + 1):
+            if send > 1 and trio.current_time() >= plan.deadline:
+                raise _Failed("timeout", "the deadline passed while resyncing the voucher amount")
+            answer = await self._send(plan, run, expert, last=send == MAX_VOUCHER_SENDS)
             if answer is not None:
                 return answer
-        raise AssertionError("unreachable")  # _send raises on the second VOUCHER_TOO_LOW
+        raise AssertionError("unreachable")  # the last _send raises on VOUCHER_TOO_LOW
 
     async def _resync(self, expert: ExpertInfo, node_amount: int | None = None) -> None:
         eid = expert.expert_id
@@ -337,8 +345,8 @@ class CallEngine:
         amount = await trio.to_thread.run_sync(self.wallet.resync, eid, node_amount)
         logger.debug("resynced expert %d: next voucher builds on %d wei", eid, amount)
 
-    async def _send(self, plan: CallPlan, run: _Run, expert: ExpertInfo, retry: bool) -> _Answer | None:
-        """One voucher, one request. None means: VOUCHER_TOO_LOW, resynced, send again."""
+    async def _send(self, plan: CallPlan, run: _Run, expert: ExpertInfo, *, last: bool) -> _Answer | None:
+        """One voucher, one request. None means: VOUCHER_TOO_LOW, resynced, send again (unless `last`)."""
         eid, price = expert.expert_id, expert.price
         stats = self.book.stats(eid)
         try:
@@ -381,7 +389,7 @@ class CallEngine:
             if isinstance(answer, ErrorMessage):
                 await self._release(eid, cumulative, kept=False, run=run, price=price)
                 settled = True
-                return await self._on_error(expert, answer, retry)
+                return await self._on_error(expert, answer, last)
 
             # A result: the node holds this voucher.
             await trio.to_thread.run_sync(self.wallet.confirm, eid, cumulative)
@@ -423,14 +431,15 @@ class CallEngine:
             run.paid += price
             self.paid += price
 
-    async def _on_error(self, expert: ExpertInfo, error: ErrorMessage, retry: bool) -> None:
+    async def _on_error(self, expert: ExpertInfo, error: ErrorMessage, last: bool) -> None:
         eid = expert.expert_id
         stats = self.book.stats(eid)
         code = error.code
         text = f"{code}: {error.message}"
-        if code == ErrorCode.VOUCHER_TOO_LOW and not retry:
-            await self._resync(expert, error.cumulative)
-            return None
+        if code == ErrorCode.VOUCHER_TOO_LOW:
+            await self._resync(expert, error.cumulative)  # also after the last send: the next call starts right
+            if not last:
+                return None
         if code == ErrorCode.INSUFFICIENT_DEPOSIT:
             await trio.to_thread.run_sync(self.funds.invalidate)
             raise _Failed(

@@ -16,6 +16,7 @@ from market.audit import AuditPolicy
 from market.client import AsyncClient
 from market.errors import (
     InsufficientDepositError,
+    MarketError,
     MarketInputError,
     NoExpertError,
     SelectionError,
@@ -150,6 +151,37 @@ def test_voucher_too_low_resyncs_from_the_node_and_retries_once(market: Market, 
     assert result.agreeing == (node.info.expert_id,)
     assert cumulative == 6 * PRICE  # the node's 5 prices, plus this call
     assert [r.voucher.voucher.cumulative_amount for r in node.requests] == [PRICE, 6 * PRICE]
+
+
+def test_voucher_too_low_again_and_again_resends_while_the_node_moves_on(market: Market, with_client: Any) -> None:
+    """Concurrent calls to one expert can reach its node out of order: a resend can lose the race again."""
+    node = market.add_expert(behaviour="too_low_4")
+
+    async def body(client: AsyncClient) -> Any:
+        result = await client.infer(market.model_hash, {"x": X})
+        return result, client.wallet.cumulative(node.info.expert_id)
+
+    result, cumulative = with_client(body)
+    assert result.agreeing == (node.info.expert_id,)
+    assert cumulative == 21 * PRICE  # 4 x 5 prices the node reported, plus this call
+    assert [r.voucher.voucher.cumulative_amount for r in node.requests] == [PRICE, 6 * PRICE, 11 * PRICE,
+                                                                            16 * PRICE, 21 * PRICE]
+
+
+def test_voucher_too_low_forever_fails_after_a_bounded_number_of_sends(market: Market, with_client: Any) -> None:
+    from market.client.calls import MAX_VOUCHER_SENDS
+
+    node = market.add_expert(behaviour="too_low_always")
+
+    async def body(client: AsyncClient) -> Any:
+        with pytest.raises(MarketError, match="VOUCHER_TOO_LOW"):
+            await client.infer(market.model_hash, {"x": X})
+        return client.wallet.cumulative(node.info.expert_id)
+
+    cumulative = with_client(body)
+    assert node.received == MAX_VOUCHER_SENDS
+    # Nothing was kept by the node, so nothing is owed beyond what it said it holds.
+    assert cumulative == node.held[next(iter(node.held))]
 
 
 def test_resync_before_calling_an_expert_left_in_an_unknown_state(market: Market, with_client: Any) -> None:
