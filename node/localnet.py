@@ -4,6 +4,12 @@ Used by `moe demo` and by the end-to-end tests, so both run the same real thing:
 separate processes talking libp2p on 127.0.0.1, real models. Every process it starts is stopped by `stop()`
 (also on error and Ctrl-C when used as a context manager).
 
+Everything runs on 127.0.0.1 by default. For a multi-host layout on one machine (network namespaces, see
+tests/reliability/netlab.py) each process can get an argv prefix (`launcher`, e.g. `("ip", "netns", "exec",
+"exp-a")`) and its own addresses: `chain_host` / `chain_port` / `chain_launcher` for anvil (the deployment
+file's rpc_url then names that address), `NodeSpec.listen_host` / `listen_port` / `announce_host` /
+`launcher` for a node, `add_verifier(launcher=...)` for a verifier.
+
 Accounts: this is a devnet, so anvil's well-known THROWAWAY keys are used: account 0 deploys, accounts
 1..n operate the expert nodes, then the verifiers, then the clients. Beyond the ten anvil accounts, fresh
 keys are generated and funded from account 0.
@@ -44,6 +50,10 @@ class NodeSpec:
     behaviour: str = "honest"
     price: int = 10**12
     stake: int = 10**18
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0  # 0: a free port on listen_host (give one when listen_host is not local here)
+    announce_host: str | None = None  # the address registered on chain (default: listen_host)
+    launcher: tuple[str, ...] = ()  # argv prefix the node process is started with
 
 
 @dataclass
@@ -74,6 +84,9 @@ class LocalMarket:
 
     workdir: Path
     params: MarketParams = field(default_factory=MarketParams.devnet)
+    chain_host: str = "127.0.0.1"
+    chain_port: int | None = None  # None: a free port (needs chain_host to be local here)
+    chain_launcher: tuple[str, ...] = ()  # argv prefix anvil is started with
     nodes: dict[str, RunningNode] = field(default_factory=dict)
     verifiers: dict[str, Process] = field(default_factory=dict)
     devnet: Devnet | None = None
@@ -92,7 +105,9 @@ class LocalMarket:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.devnet = Devnet(params=self.params).start()
+        self.devnet = Devnet(
+            params=self.params, host=self.chain_host, port=self.chain_port, launcher=self.chain_launcher
+        ).start()
         self.deployment_path = self.workdir / "deployment.json"
         save_deployment(self.deployment_path, self.devnet.deployment, self.params.as_dict())
 
@@ -144,8 +159,16 @@ class LocalMarket:
         os.environ["MOE_PASSWORD"] = PASSWORD
         try:
             registration = register_node(
-                home, self.deployment_path, operator, spec.model_dirs, price=spec.price, stake=spec.stake,
+                home,
+                self.deployment_path,
+                operator,
+                spec.model_dirs,
+                price=spec.price,
+                stake=spec.stake,
                 behaviour=spec.behaviour,
+                listen_host=spec.listen_host,
+                listen_port=spec.listen_port,
+                announce_host=spec.announce_host,
             )
         finally:
             if previous is not None:
@@ -159,7 +182,9 @@ class LocalMarket:
     def start_node(self, name: str, *, wait: bool = True) -> RunningNode:
         node = self.nodes[name]
         (node.home / READY_FILE).unlink(missing_ok=True)
-        node.process = self._spawn(name, ["expert", "serve", "--home", str(node.home)], node.home)
+        node.process = self._spawn(
+            name, ["expert", "serve", "--home", str(node.home)], node.home, node.spec.launcher
+        )
         if wait:
             self.wait_ready(name)
         return node
@@ -170,7 +195,9 @@ class LocalMarket:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if node.process is None or not node.process.alive():
-                raise MarketError(f"node {name} exited during start-up; see {node.process.log if node.process else ''}")
+                raise MarketError(
+                    f"node {name} exited during start-up; see {node.process.log if node.process else ''}"
+                )
             if ready.exists():
                 try:
                     data = json.loads(ready.read_text())
@@ -196,8 +223,15 @@ class LocalMarket:
 
     # -- verifiers --------------------------------------------------------------------------------
 
-    def add_verifier(self, name: str, *, stake: int | None = None, extra_args: Sequence[str] = ()) -> Process:
-        """Stake a verifier from a fresh account and start `moe verifier run` for it."""
+    def add_verifier(
+        self,
+        name: str,
+        *,
+        stake: int | None = None,
+        extra_args: Sequence[str] = (),
+        launcher: Sequence[str] = (),
+    ) -> Process:
+        """Stake a verifier from a fresh account and start `moe verifier run` for it (behind `launcher`)."""
         account = self.new_account()
         stake = stake if stake is not None else self.params.min_verifier_stake
         self.chain(account).register_verifier(stake)
@@ -206,19 +240,22 @@ class LocalMarket:
         env_var = f"MOE_VERIFIER_KEY_{name.upper().replace('-', '_')}"
         os.environ[env_var] = "0x" + account.unsafe_private_key().hex()
         process = self._spawn(
-            name, ["verifier", "run", "--key-env", env_var, "--state-dir", str(home), *extra_args], home
+            name,
+            ["verifier", "run", "--key-env", env_var, "--state-dir", str(home), *extra_args],
+            home,
+            launcher,
         )
         self.verifiers[name] = process
         return process
 
     # -- processes --------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str], home: Path) -> Process:
+    def _spawn(self, name: str, args: Sequence[str], home: Path, launcher: Sequence[str] = ()) -> Process:
         home.mkdir(parents=True, exist_ok=True)
         log = home / "process.log"
         out = open(log, "ab")  # noqa: SIM115 - handed to the child; closed when the parent exits
         popen = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", *args],
+            [*launcher, sys.executable, "-m", "node.cli", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=self.env(),

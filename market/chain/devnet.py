@@ -1,10 +1,15 @@
-"""A local chain for demos and tests: anvil on 127.0.0.1 with the market deployed on it.
+"""A local chain for demos and tests: anvil (on 127.0.0.1 by default) with the market deployed on it.
 
 `Devnet` is a context manager that starts anvil on a free port (chain id 31337, automine, `--silent`),
 waits until it answers, deploys the market with `MarketParams.devnet()` from anvil's first account, and on
 exit kills anvil's process group. `devnet_up(state_dir, port, params)` does the same detached from the
 calling process and leaves anvil.pid, anvil.log and deployment.json in `state_dir`; `devnet_down(state_dir)`
 stops it; `devnet_status(state_dir)` reports on it.
+
+Both listen on `host` (default 127.0.0.1, loopback only; another address makes the chain reachable from
+other machines or network namespaces, and the deployment's rpc_url names it). `Devnet(launcher=...)` starts
+anvil behind an argv prefix, e.g. `("ip", "netns", "exec", "chain")` to run it inside a network namespace
+(then give `host` an address of that namespace and a `port`: free ports cannot be probed from outside it).
 
 anvil is found through $MOE_ANVIL, then node_modules/.bin/anvil of this checkout, then $PATH.
 
@@ -15,6 +20,7 @@ THROWAWAY TEST KEYS known to everyone: only devnets and tests may use them, neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,6 +31,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -103,12 +110,18 @@ def free_port(host: str = DEVNET_HOST) -> int:
 
 
 def _port_in_use(port: int, host: str = DEVNET_HOST) -> bool:
+    """Whether `port` is taken on `host`. An address this process cannot bind at all (another network
+    namespace's, say) says nothing about the port: False, and anvil reports the problem if there is one."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
-        except OSError:
-            return True
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
     return False
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def rpc_request(url: str, method: str, params: list[Any] | None = None, timeout: float = 2.0) -> Any:
@@ -122,10 +135,12 @@ def rpc_request(url: str, method: str, params: list[Any] | None = None, timeout:
     return answer["result"]
 
 
-def anvil_command(port: int, chain_id: int = DEVNET_CHAIN_ID, anvil: str | None = None) -> list[str]:
+def anvil_command(
+    port: int, chain_id: int = DEVNET_CHAIN_ID, anvil: str | None = None, host: str = DEVNET_HOST
+) -> list[str]:
     return [
         anvil or find_anvil(),
-        "--host", DEVNET_HOST,
+        "--host", host,
         "--port", str(port),
         "--chain-id", str(chain_id),
         "--accounts", str(len(ANVIL_TEST_KEYS)),
@@ -153,10 +168,12 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log_pat
         time.sleep(0.05)
 
 
-def _spawn(port: int, out: IO[bytes] | int) -> subprocess.Popen[bytes]:
+def _spawn(
+    port: int, out: IO[bytes] | int, host: str = DEVNET_HOST, launcher: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     # A session of its own: stopping kills the whole group, and Ctrl-C in a terminal does not reach it.
     return subprocess.Popen(
-        anvil_command(port),
+        [*launcher, *anvil_command(port, host=host)],
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -203,11 +220,19 @@ class Devnet:
     """anvil with the market deployed, for the lifetime of a `with` block."""
 
     def __init__(
-        self, params: MarketParams | None = None, *, port: int | None = None, deploy: bool = True
+        self,
+        params: MarketParams | None = None,
+        *,
+        port: int | None = None,
+        deploy: bool = True,
+        host: str = DEVNET_HOST,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.params = params or MarketParams.devnet()
         self._port = port
         self._deploy = deploy
+        self.host = host
+        self.launcher = tuple(launcher)
         self._proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.deployment: Deployment | None = None
@@ -216,7 +241,7 @@ class Devnet:
     def rpc_url(self) -> str:
         if self.port is None:
             raise MarketConfigError("the devnet is not started")
-        return f"http://{DEVNET_HOST}:{self.port}"
+        return _url(self.host, self.port)
 
     @property
     def accounts(self) -> list[LocalSigner]:
@@ -228,10 +253,10 @@ class Devnet:
             return self
         attempts = 1 if self._port is not None else 3
         for attempt in range(attempts):
-            port = self._port if self._port is not None else free_port()
-            if self._port is not None and _port_in_use(port):
-                raise MarketConfigError(f"port {port} on {DEVNET_HOST} is in use; choose another port")
-            proc = _spawn(port, subprocess.DEVNULL)
+            port = self._port if self._port is not None else self._free_port()
+            if self._port is not None and _port_in_use(port, self.host):
+                raise MarketConfigError(f"port {port} on {self.host} is in use; choose another port")
+            proc = _spawn(port, subprocess.DEVNULL, self.host, self.launcher)
             self._proc, self.port = proc, port
             try:
                 _wait_ready(self.rpc_url, proc, START_TIMEOUT, None)
@@ -249,6 +274,14 @@ class Devnet:
                 raise
         log.info("devnet up on %s", self.rpc_url)
         return self
+
+    def _free_port(self) -> int:
+        try:
+            return free_port(self.host)
+        except OSError as exc:
+            raise MarketConfigError(
+                f"cannot find a free port on {self.host} from here ({exc.strerror}): give the devnet a port"
+            ) from None
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -289,25 +322,29 @@ def _read_pid(state_dir: Path) -> int | None:
 
 
 def devnet_up(
-    state_dir: str | Path, port: int = DEFAULT_PORT, params: MarketParams | None = None
+    state_dir: str | Path,
+    port: int = DEFAULT_PORT,
+    params: MarketParams | None = None,
+    host: str = DEVNET_HOST,
 ) -> Deployment:
-    """Starts anvil detached, deploys the market, writes anvil.pid, anvil.log and deployment.json into state_dir."""
+    """Starts anvil detached on host:port, deploys the market, writes anvil.pid, anvil.log and deployment.json
+    into state_dir."""
     state_dir = Path(state_dir).expanduser()
     pid = _read_pid(state_dir)
     if pid is not None and _alive(pid) and _is_anvil(pid):
         raise MarketConfigError(
             f"a devnet is already running from {state_dir} (pid {pid}); stop it with `moe devnet down`"
         )
-    if _port_in_use(port):
-        raise MarketConfigError(f"port {port} on {DEVNET_HOST} is in use; choose another with --port")
+    if _port_in_use(port, host):
+        raise MarketConfigError(f"port {port} on {host} is in use; choose another with --port")
     params = params or MarketParams.devnet()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / DEPLOYMENT_FILE).unlink(missing_ok=True)
     log_path = state_dir / LOG_FILE
     with open(log_path, "ab") as log_file:
-        proc = _spawn(port, log_file)
+        proc = _spawn(port, log_file, host)
     (state_dir / PID_FILE).write_text(f"{proc.pid}\n")
-    url = f"http://{DEVNET_HOST}:{port}"
+    url = _url(host, port)
     try:
         _wait_ready(url, proc, START_TIMEOUT, log_path)
         deployment = deploy_market(url, throwaway_signer(0), params)

@@ -1,4 +1,4 @@
-"""`moe devnet up / down / status`: a local chain (anvil on 127.0.0.1) with the market deployed on it.
+"""`moe devnet up / down / status`: a local chain (anvil, on 127.0.0.1 unless --host) with the market deployed.
 
 The chain runs detached; its pid, log and deployment.json live in the state directory (default
 .moe/devnet), where the other commands find the deployment. Only these commands (and the tests) know
@@ -7,6 +7,7 @@ about anvil's well-known throwaway accounts.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def devnet() -> None:
     Examples:
       moe devnet up                     # anvil on 127.0.0.1:8545, contracts deployed
       moe devnet up --port 9545 --json  # machine-readable output
+      moe devnet up --host 10.0.0.5     # reachable from other hosts on that network (not loopback only)
       moe devnet status
       moe devnet down
     """
@@ -35,7 +37,17 @@ def devnet() -> None:
 
 @devnet.command()
 @click.option(
-    "--port", default=8545, show_default=True, type=click.IntRange(1, 65535), help="RPC port on 127.0.0.1."
+    "--port",
+    default=8545,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="RPC port on the host below.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address anvil listens on (an IP address; anything but loopback exposes the devnet's RPC).",
 )
 @click.option(
     "--state-dir",
@@ -51,7 +63,7 @@ def devnet() -> None:
     help="Market parameters: devnet, mainnet-like, or a profile file (.toml/.json).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
-def up(port: int, state_dir: Path, profile: str, as_json: bool) -> None:
+def up(port: int, host: str, state_dir: Path, profile: str, as_json: bool) -> None:
     """Start anvil in the background and deploy the market to it.
 
     \b
@@ -63,8 +75,12 @@ def up(port: int, state_dir: Path, profile: str, as_json: bool) -> None:
     from market.chain.devnet import ANVIL_TEST_KEYS, DEPLOYMENT_FILE, devnet_up, throwaway_signer
     from market.chain.params import resolve_profile
 
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise click.BadParameter(f"{host!r} is not an IP address", param_hint="--host") from None
     params = resolve_profile(profile)
-    deployment = devnet_up(state_dir, port, params)
+    deployment = devnet_up(state_dir, port, params, host=host)
     path = state_dir / DEPLOYMENT_FILE
     accounts = [throwaway_signer(i).address for i in range(len(ANVIL_TEST_KEYS))]
     if as_json:

@@ -78,3 +78,21 @@ def test_deploy_command_reports_bad_options(isolated_devnet, tmp_path, bad) -> N
     result = CliRunner().invoke(deploy, args, input="pw\n")
     assert result.exit_code != 0
     assert "profile" in str(result.exception) or "MOE_TEST_UNSET_VAR" in str(result.exception)
+
+
+def test_devnet_up_on_another_host_address(tmp_path) -> None:
+    runner = CliRunner()
+    state = tmp_path / "devnet"
+    port = free_port("127.0.0.2")
+    bad = runner.invoke(devnet, ["up", "--host", "localhost", "--state-dir", str(state)])
+    assert bad.exit_code != 0 and "not an IP address" in bad.output
+    try:
+        result = runner.invoke(
+            devnet, ["up", "--host", "127.0.0.2", "--port", str(port), "--state-dir", str(state), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["rpc_url"] == f"http://127.0.0.2:{port}"
+        status = runner.invoke(devnet, ["status", "--state-dir", str(state), "--json"])
+        assert json.loads(status.output)["answering"] is True
+    finally:
+        assert runner.invoke(devnet, ["down", "--state-dir", str(state)]).exit_code == 0

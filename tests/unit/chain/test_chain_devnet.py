@@ -52,6 +52,26 @@ def test_anvil_listens_on_loopback_only(monkeypatch) -> None:
     assert "--silent" in command and command[command.index("--chain-id") + 1] == "31337"
 
 
+def test_anvil_command_takes_a_host() -> None:
+    command = anvil_command(9999, anvil="anvil", host="10.213.7.2")
+    assert command[command.index("--host") + 1] == "10.213.7.2"
+
+
+def test_a_port_on_an_address_of_another_namespace_is_not_reported_in_use() -> None:
+    # 203.0.113.0/24 is TEST-NET-3: never an address of this machine, so it cannot be bound here.
+    assert devnet._port_in_use(8545, "203.0.113.77") is False
+
+
+def test_devnet_urls_bracket_ipv6() -> None:
+    assert devnet._url("10.0.0.2", 8545) == "http://10.0.0.2:8545"
+    assert devnet._url("::1", 8545) == "http://[::1]:8545"
+
+
+def test_a_devnet_on_a_foreign_address_needs_a_port() -> None:
+    with pytest.raises(MarketConfigError, match="give the devnet a port"):
+        devnet.Devnet(host="203.0.113.77").start()
+
+
 def test_status_and_down_of_an_empty_state_dir(tmp_path) -> None:
     status = devnet_status(tmp_path)
     assert (status.running, status.answering, status.deployment) == (False, False, None)
