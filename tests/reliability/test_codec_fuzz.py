@@ -164,7 +164,7 @@ def test_atheris_decoders_long(tmp_path, record_row) -> None:
     import time
     from pathlib import Path
 
-    from conftest import Row
+    from reliability_rows import Row
 
     pytest.importorskip("atheris", reason="atheris is installed with the dev extras on Linux x86_64 only")
     runs = int(os.environ.get("MOE_ATHERIS_RUNS", "1000000"))

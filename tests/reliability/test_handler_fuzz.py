@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import torch
 import trio
-from conftest import Row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from market_harness import digits_bundle
+from reliability_rows import Row
 
 from market.chain.devnet import throwaway_signer
 from market.chain.eip712 import ReceiptSigner

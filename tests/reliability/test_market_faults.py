@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 import trio
-from conftest import Row, money_row
 from market_harness import digits_bundle
+from reliability_rows import Row, money_row
 
 from market.chain.eip712 import VoucherSigner
 from market.client import Client, ClientConfig
