@@ -35,8 +35,13 @@ the commit transaction is sent, so a verifier that crashes and restarts reveals 
 state is bound to one chain, dispute manager and verifier address.
 
 One bad dispute never stops the loop: its failure is logged and counted, and after `max_failures` it is
-given up (still resolved when due). `VerifierConfig.unsafe_lie` flips every vote: it exists only so tests
-and demos can show that one lying verifier does not change a verdict.
+given up (still resolved when due). A slow one never holds the others up: under `run()` each dispute moves
+in its own task (at most `max_concurrent` at once), so a fetch waiting for its timeouts delays neither the
+scan for new disputes nor the reveals and resolutions of the others. Rewards are claimed after a start and
+after each resolution; a claim that fails is retried on the next poll.
+
+`VerifierConfig.unsafe_lie` flips every vote: it exists only so tests and demos can show that one lying
+verifier does not change a verdict.
 
 This module must not block the trio loop (chain calls, files and torch run in worker threads) and must never
 log the salt before the vote is revealed.
@@ -469,6 +474,9 @@ class Verifier:
         self._save_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(self.config.max_concurrent)
         self.stats = _Stats()
+        self._claim_due = True  # look at the claimable rewards on the first poll (a restart may have left some)
+        self._busy: set[int] = set()  # disputes being moved forward now
+        self._workers: trio.Nursery | None = None  # run()'s nursery: there, each dispute moves in its own task
         if self.config.unsafe_lie:
             logger.warning("UNSAFE: this verifier lies on every vote (--unsafe-lie); tests and demos only")
 
@@ -502,22 +510,29 @@ class Verifier:
                 "verifier %s watching disputes from block %d (%d known)",
                 self.address, self.state.next_block, len(self.state.disputes),
             )  # fmt: skip
-            task_status.started()
-            pause = self.config.poll_interval
-            while True:
-                try:
-                    await self.poll_once()
-                    pause = self.config.poll_interval
-                except MarketError as exc:
-                    self.stats.errors += 1
-                    logger.warning("poll failed (%s); retrying in %.1f s", exc, pause)
-                    pause = min(pause * 2, 60.0)
-                await trio.sleep(pause)
+            async with trio.open_nursery() as workers:
+                self._workers = workers
+                task_status.started()
+                pause = self.config.poll_interval
+                while True:
+                    try:
+                        await self.poll_once()
+                        pause = self.config.poll_interval
+                    except MarketError as exc:
+                        self.stats.errors += 1
+                        logger.warning("poll failed (%s); retrying in %.1f s", exc, pause)
+                        pause = min(pause * 2, 60.0)
+                    await trio.sleep(pause)
         finally:
+            self._workers = None
             self.state.unlock()
 
     async def poll_once(self) -> None:
-        """Scan new DisputeOpened events, then move every open dispute one step forward."""
+        """Scan new DisputeOpened events, then move every open dispute forward as far as the chain time allows.
+
+        Called on its own, it returns when every dispute has moved. Under `run()` each dispute moves in its own
+        task and the poll does not wait for them: one dispute whose evidence or model fetch hangs until its
+        timeouts (minutes) must not hold up the scan, or the reveals and resolutions of the others."""
         self.stats.polls += 1
         latest = int(await self._call(self.chain.block_number))
         if latest >= self.state.next_block:
@@ -532,33 +547,43 @@ class Verifier:
             self.state.next_block = latest + 1
             await self._save()
         now = await self.chain_time()
-        records = [r for r in self.state.disputes.values() if r.is_open]
-        if records:
+        records = [r for r in self.state.disputes.values() if r.is_open and r.dispute_id not in self._busy]
+        for record in records:
+            self._busy.add(record.dispute_id)
+        if self._workers is not None:
+            for record in records:
+                self._workers.start_soon(self._advance_guarded, record, now)
+        elif records:
             async with trio.open_nursery() as nursery:
                 for record in records:
                     nursery.start_soon(self._advance_guarded, record, now)
-        resolved_now = sum(1 for r in records if r.phase is Phase.DONE)
-        if self.config.auto_claim and (resolved_now or self.stats.last_claim_check < 0):
+        if self.config.auto_claim and self._claim_due:
             await self._claim_if_due()
 
     async def _advance_guarded(self, record: DisputeRecord, now: int) -> None:
-        async with self._limiter:
-            try:
-                await self.advance(record, now)
-                if record.failures and record.phase is not Phase.FAILED:
-                    record.last_error = ""
-            except Exception as exc:  # one bad dispute must never stop the verifier
-                record.failures += 1
-                record.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                self.stats.errors += 1
-                if isinstance(exc, MarketError):
-                    logger.warning("dispute %d: %s (failure %d)", record.dispute_id, exc, record.failures)
-                else:
-                    logger.exception("dispute %d: unexpected failure %d", record.dispute_id, record.failures)
-                if record.failures >= self.config.max_failures and record.phase in (Phase.NEW, Phase.DECIDED):
-                    logger.error("dispute %d: giving up voting after %d failures", record.dispute_id, record.failures)
-                    record.phase = Phase.FAILED
-            await self._save()
+        try:
+            async with self._limiter:
+                try:
+                    await self.advance(record, now)
+                    if record.failures and record.phase is not Phase.FAILED:
+                        record.last_error = ""
+                except Exception as exc:  # one bad dispute must never stop the verifier
+                    record.failures += 1
+                    record.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    self.stats.errors += 1
+                    if isinstance(exc, MarketError):
+                        logger.warning("dispute %d: %s (failure %d)", record.dispute_id, exc, record.failures)
+                    else:
+                        logger.exception("dispute %d: unexpected failure %d", record.dispute_id, record.failures)
+                    if record.failures >= self.config.max_failures and record.phase in (Phase.NEW, Phase.DECIDED):
+                        logger.error("dispute %d: giving up voting after %d failures", record.dispute_id,
+                                     record.failures)  # fmt: skip
+                        record.phase = Phase.FAILED
+                if record.phase is Phase.DONE:
+                    self._claim_due = True  # resolved: its rewards are claimed by this poll or the next
+                await self._save()
+        finally:
+            self._busy.discard(record.dispute_id)
 
     # -- one dispute --------------------------------------------------------------------------------
 
@@ -696,15 +721,22 @@ class Verifier:
         logger.info("dispute %d resolved: %s", record.dispute_id, record.outcome)
 
     async def _claim_if_due(self) -> None:
-        amount = await self._call(self.chain.claimable, self.address)
-        self.stats.last_claim_check = self.stats.polls
-        if amount <= 0:
-            return
+        """Claim what is credited to this verifier. Due after a start and after each resolution; it stays due
+        until a look at the chain succeeds, so a claim that fails (an RPC error) is retried on the next poll."""
+        self._claim_due = False  # cleared first: a dispute resolved meanwhile makes it due again
         try:
-            claimed = await self._call(self.chain.claim)
-        except ContractRevertError as exc:
-            if _revert_name(exc) == "DisputeNothingToClaim":
+            amount = await self._call(self.chain.claimable, self.address)
+            self.stats.last_claim_check = self.stats.polls
+            if amount <= 0:
                 return
+            try:
+                claimed = await self._call(self.chain.claim)
+            except ContractRevertError as exc:
+                if _revert_name(exc) == "DisputeNothingToClaim":
+                    return
+                raise
+        except BaseException:
+            self._claim_due = True
             raise
         self.stats.claimed_wei += claimed
         logger.info("claimed %d wei of dispute rewards", claimed)

@@ -3,7 +3,8 @@
 What is proven here: the salt and vote reach the disk before the commitment is sent; a restarted verifier
 reveals exactly what it committed (also when it died between sending the commit and recording it); periods
 follow the chain's clock; ineligible verifiers do not vote but still resolve; one failing dispute does not
-stop the others; the state directory is locked and bound to one verifier.
+stop the others and one hanging dispute does not hold them up; a failed claim is retried; the state directory
+is locked and bound to one verifier.
 """
 
 from __future__ import annotations
@@ -344,3 +345,61 @@ def test_config_is_validated() -> None:
         VerifierConfig(poll_interval=0)
     with pytest.raises(MarketConfigError):
         VerifierConfig(threads=0)
+
+
+def test_a_claim_that_fails_is_retried_on_the_next_poll(tmp_path: Path) -> None:
+    """The reward is claimed once the dispute resolves; when that claim fails (the RPC drops the transaction)
+    the next poll claims again, not only the next resolution or a restart."""
+    chain = FakeChain()
+    chain.open(1)
+    verifier = make(chain, tmp_path)
+    poll(verifier)
+    chain.now += COMMIT
+    poll(verifier)
+    chain.now += REVEAL
+    real_claim, failures = chain.claim, []
+
+    def failing_claim() -> int:
+        failures.append(1)
+        raise ChainError("connection lost")
+
+    chain.claim = failing_claim  # type: ignore[method-assign]
+    with pytest.raises(ChainError):
+        poll(verifier)  # resolved, but the claim fails: the poll fails (the run loop logs and retries it)
+    assert verifier.state.disputes[1].phase is Phase.DONE and chain.claimable_wei == 123 and failures
+    chain.claim = real_claim  # type: ignore[method-assign]
+    poll(verifier)
+    assert chain.claimed == 123 and chain.claimable_wei == 0
+
+
+def test_a_dispute_stuck_in_its_evaluation_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """Under `run()`, a dispute whose evidence or model fetch hangs (until its timeouts, minutes) must not
+    stop the loop: another dispute's reveal period opens meanwhile and its vote is revealed at once (with the
+    devnet's 20 s periods a stalled loop would forfeit that vote)."""
+    chain = FakeChain()
+    chain.open(1)
+
+    async def main() -> None:
+        stuck = trio.Event()
+
+        async def evaluate(record: DisputeRecord) -> Decision:
+            if record.dispute_id == 2:
+                stuck.set()
+                await trio.sleep_forever()  # an evidence endpoint that never answers
+            return Decision(True, Rule.OUTPUTS_DIFFER, "test")
+
+        verifier = make(chain, tmp_path, evaluate, poll_interval=0.05)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(verifier.run)
+            with trio.fail_after(20):
+                while (1, ME) not in chain.votes:
+                    await trio.sleep(0.02)
+                chain.open(2)
+                await stuck.wait()
+                chain.now += COMMIT  # dispute 1's reveal period opens while dispute 2 is still being evaluated
+                while not chain.votes[(1, ME)].revealed:
+                    await trio.sleep(0.02)
+            assert verifier.state.disputes[2].phase is Phase.NEW
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
