@@ -19,39 +19,18 @@ voting stake (1 ETH) only during its own test.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import torch
-import trio
+from dispute_harness import ZERO, Market, digits_input, digits_package, open_market
 
-from market.chain.contracts import MarketChain
-from market.chain.deployment import save_deployment
-from market.chain.devnet import Devnet, throwaway_signer
 from market.chain.params import MarketParams
-from market.chain.signer import LocalSigner, signer_from_keystore
-from market.evidence import EvidenceStore, serve_evidence
-from market.protocol.codec import decode_tensors, encode_tensors
+from market.protocol.codec import encode_tensors
 from market.protocol.hashing import new_request_id, tensor_hash
-from market.protocol.ids import INFER
-from market.protocol.messages import ErrorMessage, InferRequest, InferResult, decode_response
-from market.transport import open_host
-from market.types import DisputeStatus, Receipt, SignedReceipt
+from market.types import DisputeStatus, Receipt
 
 pytestmark = pytest.mark.timeout(600)
-log = logging.getLogger(__name__)
 
 ETHER = 10**18
 COMMIT = REVEAL = 3600
@@ -62,334 +41,24 @@ PARAMS = MarketParams(
 )  # fmt: skip
 PRICE = 10**12
 EXPERT_STAKE = 2 * ETHER
-PASSWORD = "e2e-throwaway-password"  # protects throwaway devnet keys only
 VERIFIER_STAKES = {"A": ETHER, "B": 2 * ETHER, "C": 3 * ETHER // 2, "L": ETHER}
 BEHAVIOURS = ("perturb", "honest", "perturb", "zeros", "cached")
-WAIT_S = 90.0
-ZERO = bytes(32)
 
 
 # ==================================================================================================
-# harness
-
-
-def _stop_process(popen: subprocess.Popen[bytes]) -> None:
-    if popen.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGTERM)
-    try:
-        popen.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=10)
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    home: Path
-
-    def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
-class ChallengerNode:
-    """A libp2p host in a trio thread: serves the evidence store and makes paid calls for the sync tests."""
-
-    def __init__(self, store: EvidenceStore) -> None:
-        self.store = store
-        self.host: Any = None
-        self._token: Any = None
-        self._stop: trio.Event | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="challenger-trio", daemon=True)
-
-    def start(self) -> ChallengerNode:
-        self._thread.start()
-        if not self._ready.wait(60) or self._failure is not None:
-            raise RuntimeError(f"challenger host did not start: {self._failure!r}")
-        return self
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:  # surfaced by start()
-            self._failure = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        async with open_host() as host:
-            serve_evidence(host, self.store)
-            self.host = host
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            self._ready.set()
-            await self._stop.wait()
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.host.listen_addrs[0])
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
-
-    def close(self) -> None:
-        if self._token is not None and self._stop is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=15)
-
-
-@dataclass
-class Market:
-    devnet: Devnet
-    workdir: Path
-    deployment_path: Path
-    reader: MarketChain
-    operator: LocalSigner
-    client: LocalSigner  # pays for calls and opens disputes
-    verifiers: dict[str, LocalSigner]
-    node_home: Path
-    node_peer: str
-    node_addrs: list[str]
-    expert_ids: dict[str, list[int]]  # behaviour -> expert ids
-    challenger: ChallengerNode
-    processes: dict[str, Proc] = field(default_factory=dict)
-    cumulative: dict[int, int] = field(default_factory=dict)
-    timings: list[float] = field(default_factory=list)
-
-    def chain(self, signer: LocalSigner | None = None) -> MarketChain:
-        return MarketChain(self.devnet.deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
-
-    def expert(self, behaviour: str, index: int = 0) -> int:
-        return self.expert_ids[behaviour][index]
-
-    # -- processes --------------------------------------------------------------------------------
-
-    def spawn(self, name: str, args: list[str], home: Path, env: dict[str, str] | None = None) -> Proc:
-        home.mkdir(parents=True, exist_ok=True)
-        log_path = home / "process.log"
-        full_env = {**os.environ, "MOE_PASSWORD": PASSWORD, "PYTHONUNBUFFERED": "1",
-                    "MOE_DEPLOYMENT": str(self.deployment_path), **(env or {})}  # fmt: skip
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "-v", *args], stdout=out, stderr=subprocess.STDOUT,
-                env=full_env, start_new_session=True, cwd=str(self.workdir),
-            )  # fmt: skip
-        proc = Proc(name, popen, log_path, home)
-        self.processes[name] = proc
-        return proc
-
-    def start_verifier(self, name: str, *extra: str, wait: bool = True) -> Proc:
-        home = self.workdir / "verifiers" / name
-        var = f"E2E_VERIFIER_KEY_{name}"
-        key = "0x" + self.verifiers[name].unsafe_private_key().hex()
-        proc = self.spawn(
-            f"verifier-{name}",
-            ["verifier", "run", "--key-env", var, "--state-dir", str(home), "--poll-interval", "0.3",
-             "--threads", "2", *extra],
-            home, {var: key},
-        )  # fmt: skip
-        if wait:
-            self.wait_verifier(name)
-        return proc
-
-    def wait_verifier(self, name: str) -> None:
-        ready = self.workdir / "verifiers" / name / "ready.json"
-        wait_for(ready.exists, f"verifier {name} to start", self)
-
-    def stop(self, *names: str) -> None:
-        procs = [p for p in (self.processes.pop(n, None) for n in names) if p is not None]
-        for proc in procs:  # all signalled first, then waited for: they stop in parallel
-            if proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-        for proc in procs:
-            _stop_process(proc.popen)
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {p.name} =====\n{p.tail()}" for p in self.processes.values())
-
-    # -- the challenger's side ----------------------------------------------------------------------
-
-    def infer(self, expert_id: int, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], SignedReceipt, tuple]:
-        """One paid call to the node; returns outputs, the signed receipt and the encoded (input, output)."""
-        deployment = self.devnet.deployment
-        vouchers = self.client.voucher_signer(deployment.chain_id, deployment.escrow)
-        self.cumulative[expert_id] = self.cumulative.get(expert_id, 0) + PRICE
-        specs, payload = encode_tensors({"x": x})
-        request = InferRequest(
-            request_id=new_request_id(), expert_id=expert_id, model_hash=self.model_hash(expert_id),
-            tensors=tuple(specs), voucher=vouchers.sign(expert_id, self.cumulative[expert_id]),
-            deadline_ms=30_000, payload=payload,
-        )  # fmt: skip
-
-        async def call() -> tuple[dict, bytes]:
-            return await self.challenger.host.request(
-                self.node_peer, self.node_addrs, INFER, request.to_header(), request.payload, timeout=30
-            )
-
-        header, body = self.challenger.call(call)
-        answer = decode_response(header, body)
-        assert not isinstance(answer, ErrorMessage), answer
-        assert isinstance(answer, InferResult)
-        receipt = answer.receipt.receipt
-        assert receipt.input_hash == tensor_hash(specs, payload)
-        assert receipt.output_hash == tensor_hash(answer.tensors, answer.payload)
-        outputs = decode_tensors(answer.tensors, answer.payload)
-        return outputs, answer.receipt, ((specs, payload), (answer.tensors, answer.payload))
-
-    def model_hash(self, expert_id: int) -> bytes:
-        return self.reader.get_expert(expert_id).model_hash
-
-    def dispute(self, receipt: SignedReceipt, evidence: tuple, opener: LocalSigner | None = None) -> int:
-        """Keep the evidence, then open a dispute (bond paid by `opener`, the client by default)."""
-        (in_specs, in_payload), (out_specs, out_payload) = evidence
-        assert self.challenger.store.put_encoded(in_specs, in_payload) == receipt.receipt.input_hash
-        assert self.challenger.store.put_encoded(out_specs, out_payload) == receipt.receipt.output_hash
-        return self.chain(opener or self.client).open_dispute(receipt, self.challenger.endpoint)
-
-    def node_receipt_signer(self) -> Any:
-        hot = signer_from_keystore(self.node_home / "signer.json", PASSWORD)
-        return hot.receipt_signer(self.devnet.deployment.chain_id, self.devnet.deployment.disputes)
-
-    # -- driving a vote -------------------------------------------------------------------------------
-
-    def decide(self, dispute_ids: list[int], voters: list[str]) -> None:
-        """Wait for every voter's commit, move past the commit period, wait for the reveals, move past the
-        reveal period, wait for the resolution and for the voters' claims."""
-        started = time.monotonic()
-        addresses = [self.verifiers[v].address for v in voters]
-        r = self.reader
-        wait_for(lambda: all(r.commitment_of(d, a) != ZERO for d in dispute_ids for a in addresses),
-                 f"commits of {voters} on {dispute_ids}", self)  # fmt: skip
-        r.increase_time(COMMIT + 1)
-        wait_for(lambda: all(r.get_dispute(d).voters == len(voters) for d in dispute_ids),
-                 f"reveals of {voters} on {dispute_ids}", self)  # fmt: skip
-        r.increase_time(REVEAL + 1)
-        wait_for(lambda: all(r.get_dispute(d).status is not DisputeStatus.OPEN for d in dispute_ids),
-                 f"resolution of {dispute_ids}", self)  # fmt: skip
-        wait_for(lambda: all(r.claimable(a) == 0 for a in addresses), f"claims of {voters}", self)
-        elapsed = time.monotonic() - started
-        self.timings.append(elapsed)
-        log.warning("disputes %s decided in %.1f s (commit, reveal, resolve, claim)", dispute_ids, elapsed)
-
-    def credits(self, dispute_id: int) -> dict[str, int]:
-        """RewardCredited of one dispute: account -> wei."""
-        out: dict[str, int] = {}
-        logs = self.reader.disputes.events.RewardCredited().get_logs(
-            from_block=0, argument_filters={"disputeId": dispute_id}
-        )
-        for event in logs:
-            out[event["args"]["account"]] = out.get(event["args"]["account"], 0) + int(event["args"]["amount"])
-        return out
-
-    def claimed_by(self, account: str, from_block: int) -> int:
-        logs = self.reader.disputes.events.RewardClaimed().get_logs(
-            from_block=from_block, argument_filters={"account": account}
-        )
-        return sum(int(e["args"]["amount"]) for e in logs)
-
-
-def _ready(path: Path) -> dict[str, Any] | None:
-    """A ready file's contents once it is whole (the node writes it in place)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("addrs") else None
-
-
-def wait_for(predicate: Callable[[], bool], what: str, market: Market | None = None, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if market is not None:
-            dead = [p.name for p in market.processes.values() if p.popen.poll() is not None]
-            if dead:
-                pytest.fail(f"process(es) {dead} exited while waiting for {what}\n{market.logs()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{market.logs() if market else ''}")
-        time.sleep(0.1)
+# harness (tests/dispute_harness.py)
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Market]:
-    from market.models.digits import build_or_load_cached
-    from node.app import NodeConfig, register_node
-    from node.server import Behaviour
-
     workdir = tmp_path_factory.mktemp("disputes-e2e")
-    # Trained once, then reused by later runs from pytest's cache.
-    cache = getattr(request.config, "cache", None)
-    bundle = build_or_load_cached(cache.mkdir("moe-digits") if cache else workdir / "digits", epochs=2)
-    package = bundle.expert_dir(0)
-    with contextlib.ExitStack() as stack:
-        devnet = stack.enter_context(Devnet(params=PARAMS))
-        deployment_path = save_deployment(workdir / "deployment.json", devnet.deployment, PARAMS.as_dict())
-        # THROWAWAY TEST KEYS (anvil's accounts): 1 operates the node, 2 is the client, 3-6 are verifiers.
-        operator, client = throwaway_signer(1), throwaway_signer(2)
-        verifiers = {name: throwaway_signer(3 + i) for i, name in enumerate(VERIFIER_STAKES)}
-        reader = MarketChain(devnet.deployment, None, receipt_timeout=30.0, poll_interval=0.02)
-
-        node_home = workdir / "node"
-        previous = os.environ.get("MOE_PASSWORD")
-        os.environ["MOE_PASSWORD"] = PASSWORD
-        try:
-            # One registration (keys are created and unlocked once), then each expert gets its behaviour.
-            registration = register_node(
-                node_home, deployment_path, operator, [package] * len(BEHAVIOURS), price=PRICE,
-                stake=EXPERT_STAKE,
-            )  # fmt: skip
-        finally:
-            if previous is None:
-                os.environ.pop("MOE_PASSWORD", None)
-            else:
-                os.environ["MOE_PASSWORD"] = previous
-        config = NodeConfig.load(node_home)
-        entries = [replace(e, behaviour=Behaviour(b)) for e, b in zip(config.experts, BEHAVIOURS, strict=True)]
-        config.with_experts(entries).save()
-        expert_ids: dict[str, list[int]] = {}
-        for entry in entries:
-            expert_ids.setdefault(str(entry.behaviour), []).append(entry.expert_id)
-        assert [r.expert_id for r in registration.registered] == [e.expert_id for e in entries]
-        for name in ("A", "B", "C"):  # L stakes only for its own test: until then it may not vote
-            MarketChain(devnet.deployment, verifiers[name], receipt_timeout=30.0).register_verifier(
-                VERIFIER_STAKES[name]
-            )
-        MarketChain(devnet.deployment, client, receipt_timeout=30.0).deposit(ETHER)
-
-        challenger = ChallengerNode(EvidenceStore(workdir / "evidence")).start()
-        stack.callback(challenger.close)
-        m = Market(devnet, workdir, deployment_path, reader, operator, client, verifiers, node_home, "", [],
-                   expert_ids, challenger)  # fmt: skip
-        stack.callback(lambda: m.stop(*m.processes))
-
-        m.spawn("expert-node", ["expert", "serve", "--home", str(node_home)], node_home)
-        m.start_verifier("L", "--unsafe-lie", wait=False)
-        for name in ("A", "B", "C"):
-            m.start_verifier(name, wait=False)
-        wait_for(lambda: _ready(node_home / "ready.json") is not None, "the expert node to start", m)
-        ready = _ready(node_home / "ready.json")
-        m.node_peer, m.node_addrs = ready["peer_id"], ready["addrs"]
-        for name in ("A", "B", "C", "L"):
-            m.wait_verifier(name)
+    # L stakes only for its own test (until then it may not vote) and runs with --unsafe-lie throughout.
+    with open_market(
+        workdir, digits_package(request.config, workdir), params=PARAMS, behaviours=BEHAVIOURS,
+        verifier_stakes=VERIFIER_STAKES, price=PRICE, expert_stake=EXPERT_STAKE, staked=("A", "B", "C"),
+        start=("L", "A", "B", "C"), verifier_args={"L": ("--unsafe-lie",)}, label="e2e dispute",
+    ) as m:  # fmt: skip
         yield m
-        if m.timings:
-            log.warning("e2e dispute cycles: %s s", ", ".join(f"{t:.1f}" for t in m.timings))
-
-
-def digits_input(rows: int, seed: int) -> torch.Tensor:
-    return torch.rand((rows, 64), generator=torch.Generator().manual_seed(seed))
 
 
 def stakes(*names: str) -> dict[str, int]:
