@@ -315,7 +315,8 @@ class TransportConfig:
     Server side: `max_inbound_streams` open streams in all (a new one over it is answered BUSY and
     closed), `max_streams_per_peer` per caller, `max_inflight_requests` handled at once (over it a
     request is answered BUSY and the stream stays open), `max_connections_per_ip` connections (including
-    ones still in the handshake) from one address, `idle_stream_timeout` before an idle stream is closed,
+    ones still in the handshake) from one address, `idle_stream_timeout` before an idle stream is closed
+    (`read_timeout` for a new stream that sends nothing),
     `request_timeout` for a handler, `frame_timeout` for receiving one request frame.
     Client side: `session_streams` streams per (peer, protocol), `request_timeout` default per call.
     Both: `read_timeout` for a stalled read inside a frame, `dial_timeout`, `handshake_timeout`.
@@ -538,14 +539,18 @@ class MarketHost:
         expected_type = REQUEST_TYPES.get(ProtocolId(protocol_id))
         handler = self._handlers[protocol_id]
         reader = FrameReader(stream)
+        # A new stream is opened to send a request at once: one that stays silent gets `read_timeout`, not the
+        # idle time a stream that already carried requests may wait between them (it would hold a slot).
+        idle_timeout = config.read_timeout
         while True:
             try:
                 body = await reader.read_frame(
                     cap,
                     timeout=config.read_timeout,
-                    idle_timeout=config.idle_stream_timeout,
+                    idle_timeout=idle_timeout,
                     frame_timeout=config.frame_timeout,
                 )
+                idle_timeout = config.idle_stream_timeout
             except (StreamEndedError, IdleTimeoutError):
                 return False
             except FrameTooLargeError as exc:

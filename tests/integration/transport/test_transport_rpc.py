@@ -329,6 +329,24 @@ def test_an_idle_stream_closed_by_the_node_is_replaced_transparently() -> None:
     run(main)
 
 
+def test_a_new_stream_that_sends_nothing_is_closed_after_the_read_timeout() -> None:
+    """A silent new stream holds a slot: it gets read_timeout, not the idle time between requests."""
+
+    async def main() -> None:
+        config = TransportConfig(read_timeout=0.3, idle_stream_timeout=600)
+        async with pair(server_config=config) as (server, client):
+            stream = await client.open_stream(server.peer_id, server.listen_addrs, INFER)
+            await wait_until(lambda: server.open_inbound_streams == 1)
+            await wait_until(lambda: server.open_inbound_streams == 0)  # 600 s idle would fail the 10 s wait
+            await stream.reset()
+            session = client.session(server.peer_id, server.listen_addrs, INFER)
+            assert (await session.call({"type": "infer", "n": 1}))[0]["n"] == 1
+            await trio.sleep(0.6)  # twice the read timeout: a stream that carried a request stays open
+            assert server.open_inbound_streams == 1
+
+    run(main)
+
+
 def test_a_protocol_the_peer_does_not_serve_fails_cleanly() -> None:
     async def main() -> None:
         async with pair() as (server, client):
