@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -303,6 +304,19 @@ class VerifierState:
                 f"another verifier process uses {self.dir}; stop it or give this one its own --state-dir"
             ) from None
         self._lock_fd = fd
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """What a killed predecessor left half-written (this process holds the directory now): a state file
+        write cut short, a fetched model not yet moved into place. The state file itself is always whole."""
+        leftovers = [*self.dir.glob(f".{STATE_FILE}.*.tmp"), *(self.dir / MODELS_DIR).glob(".incoming-*")]
+        for path in leftovers:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("removed %d half-written file(s) a stopped verifier left in %s", len(leftovers), self.dir)
 
     def unlock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None

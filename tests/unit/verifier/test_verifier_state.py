@@ -21,6 +21,7 @@ from market.chain.records import DisputeInfo, DisputeOpenedEvent
 from market.errors import ChainError, ContractRevertError, MarketConfigError
 from market.types import Deployment, DisputeStatus, ExpertInfo
 from node.verifier import (
+    MODELS_DIR,
     STATE_FILE,
     Decision,
     DisputeRecord,
@@ -328,6 +329,26 @@ def test_the_state_directory_is_locked_and_bound_to_one_verifier(tmp_path: Path)
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(MarketConfigError, match="damaged"):
         VerifierState(tmp_path, chain_id=1, disputes=DEPLOYMENT.disputes, verifier=ME, start_block=0)
+
+
+def test_taking_the_directory_removes_what_a_killed_verifier_left_half_written(tmp_path: Path) -> None:
+    first = VerifierState(tmp_path, chain_id=1, disputes=DEPLOYMENT.disputes, verifier=ME, start_block=0)
+    first.save()
+    # A SIGKILL mid-write leaves these (seen in tests/reliability/test_verifier_faults.py).
+    (tmp_path / f".{STATE_FILE}.k3x9.tmp").write_text('{"half": ')
+    incoming = tmp_path / MODELS_DIR / ".incoming-7q2"
+    incoming.mkdir(parents=True)
+    (incoming / "weights.safetensors").write_bytes(b"\0" * 10)
+    kept = tmp_path / MODELS_DIR / ("ab" * 32)
+    kept.mkdir()
+
+    second = VerifierState(tmp_path, chain_id=1, disputes=DEPLOYMENT.disputes, verifier=ME, start_block=0)
+    second.lock()
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([STATE_FILE, "verifier.lock", MODELS_DIR])
+        assert [p.name for p in (tmp_path / MODELS_DIR).iterdir()] == [kept.name]
+    finally:
+        second.unlock()
 
 
 def test_status_summary_never_shows_a_salt(tmp_path: Path) -> None:
