@@ -27,8 +27,12 @@ chain), the slash, the challenger's share, the burn and each verifier's pro-rata
 wei, and each verifier claimed exactly what it was credited. The node redeems the challenger's vouchers
 (every 0.5 s), so each row also carries the calls' money: paid = redeemed, 0 lost, 0 double.
 
-Quick forms (`make test`): one dispute each, a kill between commit and reveal (verifier B, GUILTY) and a
-kill while fetching (verifier C, INNOCENT). Long form (`-m chaos`): MOE_VERIFIER_CHAOS_ROUNDS rounds
+Scenario 7b (`chain-frozen`, no kill): anvil is SIGSTOPped right after the dispute opens (the verifiers fetch,
+decide and commit against a chain that does not answer) and again in the reveal period; same checks.
+
+Quick forms (`make test`): one dispute each, a kill between commit and reveal (verifier B, GUILTY), a
+kill while fetching (verifier C, INNOCENT), and two 5 s freezes (GUILTY); the long form freezes 35 s, past
+the verifiers' 30 s RPC timeout. Long form (`-m chaos`): MOE_VERIFIER_CHAOS_ROUNDS rounds
 (default 10) of one or two disputes, each kill point equally often in a random order, one or two random
 victims; seed from MOE_VERIFIER_CHAOS_SEED (printed in the row).
 """
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -78,6 +83,7 @@ EXPERT_STAKE = 4 * ETHER
 BEHAVIOURS = ("perturb", "honest")
 VERDICT = {"perturb": DisputeStatus.GUILTY, "honest": DisputeStatus.INNOCENT}
 POINTS = ("fetching", "random-early", "committed", "revealed", "random-late")
+FROZEN = "chain-frozen"  # no kill: the chain RPC stops answering mid-vote (anvil SIGSTOPped for a while)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +113,8 @@ class Round:
     redeemed_before: dict[int, int] = field(default_factory=dict)  # expert id -> redeemed for the client
     at_kill: dict[str, dict[int, str]] = field(default_factory=dict)  # victim -> dispute -> what it had done
     kills: int = 0
+    freezes: int = 0
+    freeze_s: float = 0.0
     commits_in_period: bool = True
     seconds: float = 0.0
 
@@ -144,6 +152,17 @@ def _kill(m: Market, rnd: Round) -> None:
             rnd.at_kill.setdefault(name, {})[dispute_id] = f"{phase} ({chain_says} on chain)"
 
 
+def _freeze_chain(m: Market, rnd: Round) -> None:
+    anvil = m.devnet._proc  # noqa: SLF001 - the test freezes the chain process itself
+    assert anvil is not None
+    os.kill(anvil.pid, signal.SIGSTOP)
+    try:
+        time.sleep(rnd.freeze_s)
+    finally:
+        os.kill(anvil.pid, signal.SIGCONT)
+    rnd.freezes += 1
+
+
 def _restart(m: Market, rnd: Round) -> None:
     for name in rnd.victims:
         m.restart_verifier(name, wait=False)
@@ -159,12 +178,13 @@ def _commits_then_check_period(m: Market, rnd: Round) -> None:
 
 
 def run_round(m: Market, behaviours: Sequence[str], point: str, victims: Sequence[str], rng: random.Random,
-              seed: int) -> Round:  # fmt: skip
+              seed: int, freeze_s: float = 0.0) -> Round:  # fmt: skip
     """Open one dispute per behaviour, kill `victims` at `point`, restart them, drive the vote to the claims."""
-    assert point in POINTS and victims and len(set(behaviours)) == len(behaviours)
+    assert (point in POINTS and victims) or (point == FROZEN and not victims)
+    assert len(set(behaviours)) == len(behaviours)
     started = time.monotonic()
     r = m.reader
-    rnd = Round(point, tuple(victims))
+    rnd = Round(point, tuple(victims), freeze_s=freeze_s)
     experts = [m.expert(b) for b in behaviours]
     rnd.stake_before = {e: r.get_expert(e).stake for e in experts}
     rnd.burn_before = r.native_balance(r.disputes.functions.BURN_ADDRESS().call())
@@ -191,7 +211,18 @@ def run_round(m: Market, behaviours: Sequence[str], point: str, victims: Sequenc
     finally:
         gate.release(*peers)
 
-    if point in ("fetching", "random-early"):
+    if point == FROZEN:
+        # No kill: the chain stops answering (anvil SIGSTOPped) while the verifiers fetch, decide and commit,
+        # and again while they reveal; every verifier waits out its blocked RPC calls and carries on.
+        _freeze_chain(m, rnd)
+        _commits_then_check_period(m, rnd)
+        r.increase_time(COMMIT + 1)
+        _freeze_chain(m, rnd)
+        m.wait_reveals(ids, VOTERS)
+        r.increase_time(REVEAL + 1)
+        m.wait_resolved(ids)
+        m.wait_claims(VOTERS)
+    elif point in ("fetching", "random-early"):
         _restart(m, rnd)  # within the commit period: it must still commit
         _commits_then_check_period(m, rnd)
         r.increase_time(COMMIT + 1)
@@ -373,6 +404,29 @@ def test_verifier_sigkill_while_fetching_quick(market: Market, record_row: Any) 
     assert rnd.at_kill["C"][dispute_id] == "new (no commit on chain)", rnd.at_kill
     notes = check_round(market, rnd)
     record(market, record_row, "7 verifier SIGKILL fetching (quick)", [rnd], notes, started)
+
+
+def run_frozen(market: Market, record_row: Any, seconds: float, name: str) -> None:
+    started = time.monotonic()
+    rnd = run_round(market, ["perturb"], FROZEN, [], random.Random(3), seed=300 + int(seconds), freeze_s=seconds)
+    assert rnd.freezes == 2
+    notes = check_round(market, rnd)
+    notes["freeze_s"] = seconds
+    record(market, record_row, name, [rnd], notes, started)
+
+
+def test_chain_frozen_during_a_vote_quick(market: Market, record_row: Any) -> None:
+    """anvil is SIGSTOPped for 5 s right after the dispute opens (the verifiers fetch, decide and try to
+    commit against a chain that does not answer) and again in the reveal period: every vote still counts,
+    GUILTY with all 4.5 ETH of stake, exact money."""
+    run_frozen(market, record_row, 5.0, "7b chain frozen 5s twice mid-vote (quick)")
+
+
+@pytest.mark.chaos
+def test_chain_frozen_during_a_vote_long(market: Market, record_row: Any) -> None:
+    """The same with 35 s freezes: longer than the verifiers' RPC timeout (30 s), so their calls fail and
+    are retried."""
+    run_frozen(market, record_row, 35.0, "7b chain frozen 35s twice mid-vote (long)")
 
 
 @pytest.mark.chaos
