@@ -83,12 +83,8 @@ class Redeemer:
     def sync_from_chain(self) -> None:
         """Adopts the chain's redeemed amounts for every pair with unredeemed vouchers (start-up, after errors)."""
         with self._round:
-            self._sync_all()
-
-    def _sync_all(self) -> None:
-        for signed, _ in self._pending_items():
-            v = signed.voucher
-            self.ledger.sync_redeemed(v.client, v.expert_id, self.chain.redeemed(v.client, v.expert_id))
+            for signed, _ in self._pending_items():
+                self._sync(signed)
 
     def owed(self) -> int:
         return sum(signed.voucher.cumulative_amount - redeemed for signed, redeemed in self._pending_items())

@@ -186,16 +186,17 @@ def _kill_group(pid: int, timeout: float = 10.0) -> None:
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (reaped first when it is a child of ours, so a zombie does not count)."""
     with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our child, so a zombie does not count
+        done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
     try:
@@ -212,7 +213,7 @@ def _is_anvil(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return _alive(pid)
+        return process_alive(pid)
     return b"anvil" in cmdline
 
 
@@ -331,7 +332,7 @@ def devnet_up(
     into state_dir."""
     state_dir = Path(state_dir).expanduser()
     pid = _read_pid(state_dir)
-    if pid is not None and _alive(pid) and _is_anvil(pid):
+    if pid is not None and process_alive(pid) and _is_anvil(pid):
         raise MarketConfigError(
             f"a devnet is already running from {state_dir} (pid {pid}); stop it with `moe devnet down`"
         )
@@ -360,7 +361,7 @@ def devnet_down(state_dir: str | Path) -> bool:
     """Stops the devnet started from `state_dir`; False when none was running."""
     state_dir = Path(state_dir).expanduser()
     pid = _read_pid(state_dir)
-    running = pid is not None and _alive(pid) and _is_anvil(pid)
+    running = pid is not None and process_alive(pid) and _is_anvil(pid)
     if running:
         assert pid is not None
         _kill_group(pid)
@@ -372,7 +373,7 @@ def devnet_status(state_dir: str | Path) -> DevnetStatus:
     """Whether the devnet of `state_dir` runs and answers, and what is deployed on it."""
     state_dir = Path(state_dir).expanduser()
     pid = _read_pid(state_dir)
-    running = pid is not None and _alive(pid) and _is_anvil(pid)
+    running = pid is not None and process_alive(pid) and _is_anvil(pid)
     deployment = None
     with contextlib.suppress(MarketConfigError):
         deployment = load_deployment(state_dir / DEPLOYMENT_FILE)

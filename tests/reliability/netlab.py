@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from market.chain.devnet import process_alive
+
 __all__ = ["NetLab", "NetLabError", "netns_available"]
 
 LOCK_FILE = Path("/tmp/moe-netlab.lock")
@@ -97,16 +99,6 @@ def _probe() -> tuple[bool, str]:
         _ip("link", "del", bridge, check=False)
         _ip("link", "del", veth, check=False)
         _ip("netns", "del", ns, check=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class NetLab:
@@ -279,7 +271,7 @@ def _sweep_leftovers() -> None:
     listing = _ip("netns", "list", check=False).stdout
     for name in re.findall(rf"^({NS_PREFIX}(\d+)-([0-9a-f]{{6}})-\S+)", listing, flags=re.M):
         ns, pid, tag = name
-        if _pid_alive(int(pid)):
+        if process_alive(int(pid)):
             continue
         if _ip("netns", "pids", ns, check=False).stdout.split():
             continue  # something still runs in it: not ours to kill
