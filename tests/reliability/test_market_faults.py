@@ -374,7 +374,9 @@ def run_client_kill(market: LocalMarket, model_hash: bytes, rounds: int, record_
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def lines() -> list[dict]:
-        return [json.loads(t) for t in progress.read_text().splitlines()] if progress.exists() else []
+        text = progress.read_text() if progress.exists() else ""
+        # A line cut by the kill (no newline yet) was never finished: only whole lines count.
+        return [json.loads(t) for t in text[: text.rfind("\n") + 1].splitlines()]
 
     def check_holdings() -> None:
         book_dir = next(state.iterdir())

@@ -9,6 +9,13 @@ from __future__ import annotations
 import hashlib
 import sys
 
+
+def acknowledge(*fields: object) -> None:
+    """Prints one whole line in a single write: with PYTHONUNBUFFERED set, print() writes each field on its own,
+    so a SIGKILL could cut a line in half."""
+    sys.stdout.write(" ".join(map(str, fields)) + "\n")
+    sys.stdout.flush()
+
 PAIRS = 7  # (client, expert) pairs the ledger child writes to, round robin
 PRICES = [10, 3, 2**70, 1, 7, 10**18, 5]
 ESCROW, CLIENT = "0x" + "e5" * 20, "0x" + "c1" * 20
@@ -31,30 +38,30 @@ def ledger_child(db: str) -> None:
     from node.ledger import VoucherLedger
 
     ledger = VoucherLedger(db)
-    print("ready", flush=True)
+    acknowledge("ready")
     for i in range(1_000_000):
         j, k = i % PAIRS, i // PAIRS
         client, expert = pair(j)
         voucher = SignedVoucher(Voucher(client, expert, (k + 1) * PRICES[j]), signature(j, k))
         ledger.record_voucher(voucher, PRICES[j])
-        print("v", i, flush=True)
+        acknowledge("v", i)
         receipt = Receipt(expert, b"m" * 32, request_id(i), b"i" * 32, b"o" * 32, PRICES[j])
         ledger.record_receipt(SignedReceipt(receipt, signature(j, k)), client)
-        print("r", i, flush=True)
+        acknowledge("r", i)
 
 
 def wallet_child(db: str) -> None:
     from market.wallet import VoucherBook
 
     book = VoucherBook(db, escrow=ESCROW, chain_id=31337, client=CLIENT)
-    print("ready", flush=True)
+    acknowledge("ready")
     for i in range(1_000_000):
         expert, price = i % 3, (i % 5) + 1
         amount = book.reserve(expert, price)
-        print("reserved", expert, amount, flush=True)
+        acknowledge("reserved", expert, amount)
         if i % 4 != 3:  # every fourth call stays in flight
             book.confirm(expert, amount)
-            print("confirmed", expert, amount, flush=True)
+            acknowledge("confirmed", expert, amount)
 
 
 if __name__ == "__main__":
