@@ -1,14 +1,14 @@
 """`moe gateway`: run a client of the market and serve it over HTTP: the JSON API, its OpenAPI description,
 Prometheus metrics and the live dashboard (docs/gateway.md).
 
-The gateway spends its client's escrow deposit on every `POST /v1/infer` and has no authentication of its
-own, so it listens on 127.0.0.1 unless told otherwise, and a non-loopback address needs `--allow-remote`
-(put an authenticating reverse proxy in front of it then). This module only reads options and prints.
+The gateway spends its client's escrow deposit on every `POST /v1/infer`, so it listens on 127.0.0.1 unless
+told otherwise, answers only to loopback host names there, and a non-loopback address needs `--allow-remote`.
+`--token-env NAME` makes spending need `Authorization: Bearer <token>` (node.gateway.guard has every check).
+This module only reads options and prints.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import threading
@@ -19,15 +19,7 @@ import click
 
 from market.errors import MarketConfigError
 from node.cli.common import AMOUNT, deployment_option, deployment_path, format_eth, key_options, load_signer
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from node.gateway.guard import MIN_TOKEN_CHARS, is_loopback
 
 
 @click.command()
@@ -35,7 +27,13 @@ def _is_loopback(host: str) -> bool:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="TCP port (0: a free one, printed at start).")
 @click.option("--allow-remote", is_flag=True,
-              help="Allow a --host other than loopback. Anyone who reaches the port can spend the deposit.")
+              help="Allow a --host other than loopback. Without --token-env, anyone who reaches the port can "
+                   "spend the deposit.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A Host name the gateway answers to besides loopback ones (repeatable); others get 403.")
+@click.option("--token-env", metavar="NAME", default=None,
+              help=f"Environment variable holding an API token ({MIN_TOKEN_CHARS}+ characters): POST /v1/infer "
+                   "then needs Authorization: Bearer <token>.")
 @deployment_option
 @key_options("client")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -52,7 +50,8 @@ def _is_loopback(host: str) -> bool:
               help="Largest request body in bytes (larger: 413).")
 @click.option("--max-concurrent", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Infer calls running at once (more: 429).")
-def gateway(host: str, port: int, allow_remote: bool, deployment: str | None, key_env: str | None,
+def gateway(host: str, port: int, allow_remote: bool, allowed_hosts: tuple[str, ...], token_env: str | None,
+            deployment: str | None, key_env: str | None,
             keystore: str | None, state_dir: Path | None, redundancy: int, max_price: int | None,
             deadline_s: float, auto_dispute: bool, max_body: int, max_concurrent: int) -> None:
     """Serve the HTTP API, Prometheus metrics and the live dashboard until Ctrl-C.
@@ -73,11 +72,18 @@ def gateway(host: str, port: int, allow_remote: bool, deployment: str | None, ke
     from market.client import Client, ClientConfig
     from node.gateway import ClientBackend, Gateway, GatewayConfig
 
-    if not _is_loopback(host) and not allow_remote:
+    if not is_loopback(host) and not allow_remote:
         raise MarketConfigError(
             f"--host {host} is not a loopback address: anyone who reaches it could spend this client's deposit. "
-            "Put an authenticating proxy in front and pass --allow-remote, or keep --host 127.0.0.1"
+            "Pass --allow-remote with --token-env NAME (behind TLS) or an authenticating proxy, or keep --host 127.0.0.1"
         )
+    token = None
+    if token_env is not None:
+        token = os.environ.get(token_env)
+        if not token:
+            raise MarketConfigError(f"--token-env {token_env}: the environment variable {token_env} is not set or empty")
+    gateway_config = GatewayConfig(host=host, port=port, allowed_hosts=allowed_hosts, api_token=token,
+                                   max_body_bytes=max_body, max_concurrent_infer=max_concurrent)
     signer = load_signer(key_env, keystore, what="client")
     options: dict[str, Any] = {}
     state = state_dir or os.environ.get("MOE_CLIENT_STATE")
@@ -87,7 +93,6 @@ def gateway(host: str, port: int, allow_remote: bool, deployment: str | None, ke
         deployment=deployment_path(deployment), account=signer, redundancy=redundancy, max_price=max_price,
         deadline_s=deadline_s, auto_dispute=auto_dispute, **options,
     )
-    gateway_config = GatewayConfig(host=host, port=port, max_body_bytes=max_body, max_concurrent_infer=max_concurrent)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -11,6 +11,8 @@ the bridge's docstring says how that reaches the client's trio core). Every erro
 ``{"error": {"code", "message"}}`` with a 4xx/5xx status (table in `ERROR_STATUS`); a 500 is only ever an
 unexpected exception, and it is logged. Limits: the body size (413), the infer calls running at once (429,
 counting calls whose HTTP request was abandoned until their worker finishes), and a per-request timeout (504).
+Before any handler, node.gateway.guard decides who may call: Host allow-list, same origin for writes, JSON-only
+spending, and the optional bearer token (403/415/401).
 
 It must not: touch trio or the client directly (only the backend), or block its event loop.
 """
@@ -27,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from market.errors import (
     VerificationError,
 )
 from node.gateway.bridge import MarketBackend, UnknownModelError, decode_inputs, parse_model_hash
+from node.gateway.guard import AccessPolicy, Denied
 from node.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 
 __all__ = ["ERROR_STATUS", "ApiError", "Gateway", "GatewayConfig", "create_app", "error_for"]
@@ -57,6 +60,7 @@ OPENAPI_FILE = HERE / "openapi.yaml"
 MAX_WEI = 2**256 - 1
 MAX_JSON_DEPTH = 32  # a tensor has at most 16 dimensions; the request object adds three levels
 INFER_FIELDS = frozenset({"model", "inputs", "redundancy", "max_price", "deadline_ms"})
+SPENDING_ROUTES = frozenset({"/v1/infer"})  # POSTs here spend the deposit: JSON only, and the token if set
 
 # exception class -> (HTTP status, API error code); the first match in this order wins.
 ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
@@ -86,6 +90,8 @@ class GatewayConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones (node.gateway.guard)
+    api_token: str | None = field(default=None, repr=False)  # None: spending needs no Authorization header
     max_body_bytes: int = 8 * 2**20
     max_concurrent_infer: int = 16
     read_workers: int = 8
@@ -109,6 +115,10 @@ class GatewayConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise MarketConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.access_policy()  # refuses a short token or an empty host name now, not at the first request
+
+    def access_policy(self) -> AccessPolicy:
+        return AccessPolicy.for_listener(self.host, self.allowed_hosts, self.api_token)
 
 
 class ApiError(Exception):
@@ -174,6 +184,7 @@ class _State:
         self.backend = backend
         self.config = config
         self.metrics = metrics
+        self.access = config.access_policy()
         self.in_flight = 0
         self.started = time.monotonic()
         self.infer_pool = concurrent.futures.ThreadPoolExecutor(
@@ -232,9 +243,12 @@ async def _middleware(request: web.Request, handler: Callable[[web.Request], Awa
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     try:
+        state.access.check(request, spends=request.method == "POST" and route in SPENDING_ROUTES)
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except Denied as exc:
+        response = error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -69,3 +69,14 @@ def test_cli_refuses_a_public_address_without_allow_remote(tmp_path) -> None:
     result = CliRunner().invoke(cli, ["gateway", "--host", "0.0.0.0", "--key-env", "UNSET_KEY"])
     assert result.exit_code != 0
     assert "--allow-remote" in str(result.exception) + result.output
+
+
+def test_cli_refuses_an_unset_or_short_token(monkeypatch) -> None:
+    monkeypatch.delenv("MOE_TEST_UNSET_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["gateway", "--token-env", "MOE_TEST_UNSET_TOKEN", "--key-env", "UNSET_KEY"])
+    assert result.exit_code != 0
+    assert "MOE_TEST_UNSET_TOKEN" in str(result.exception) + result.output
+    monkeypatch.setenv("MOE_TEST_SHORT_TOKEN", "short")
+    result = CliRunner().invoke(cli, ["gateway", "--token-env", "MOE_TEST_SHORT_TOKEN", "--key-env", "UNSET_KEY"])
+    assert result.exit_code != 0
+    assert "at least 16" in str(result.exception) + result.output
