@@ -50,11 +50,15 @@ def test_deposit_infer_balance_and_listings(
     assert "deposited 0.01 ETH" in ok(cli(client, "deposit", "0.01eth"))
 
     np.save(tmp_path / "x.npy", x.numpy())
-    data = json.loads(ok(cli(client, "infer", "--model", model, str(tmp_path / "x.npy"), "--json")))
+    # The CLI's gate explores (epsilon, Gumbel noise), so which honest expert answers is up to chance; the
+    # price cap keeps the perturbing "c" out of a call with nobody to outvote it.
+    data = json.loads(ok(cli(client, "infer", "--model", model, str(tmp_path / "x.npy"), "--json",
+                             "--max-price", str(prices["b"]))))
     with torch.no_grad():
         expected = bundle.model.experts[0](x)
     assert torch.allclose(torch.tensor(data["outputs"]["logits"]), expected, atol=1e-5)
-    assert data["paid"] == str(prices["a"]) and len(data["agreeing"]) == 1
+    first_paid = int(data["paid"])
+    assert first_paid in (prices["a"], prices["b"]) and len(data["agreeing"]) == 1
 
     # JSON input (float64 numbers become the model's float32), redundancy 3, outputs saved to a file.
     (tmp_path / "x.json").write_text(json.dumps(x.tolist()))
@@ -65,7 +69,7 @@ def test_deposit_infer_balance_and_listings(
 
     balance = json.loads(ok(cli(client, "balance", "--json")))
     assert balance["escrow"] == str(10**16)
-    assert balance["spent"] == str(2 * prices["a"] + prices["b"] + prices["c"])
+    assert balance["spent"] == str(first_paid + prices["a"] + prices["b"] + prices["c"])
     assert "signed per expert" in ok(cli(client, "balance"))
 
     experts = json.loads(ok(cli(market_cli, "ls", "--model", model, "--json", key=False)))
