@@ -950,8 +950,8 @@ class Session:
     or was cancelled mid-call is reset and dropped. A call whose reused stream turns out to have been
     closed by the node before it answered (its idle timeout) is sent once more on a fresh stream: every
     request of the protocol is safe to repeat (quote, model and evidence are reads; a repeated infer
-    carries the same cumulative voucher, which the node refuses as VOUCHER_TOO_LOW if it already
-    counted it). Streams idle longer than half the idle timeout are not reused.
+    carries the same cumulative voucher, which adds nothing to what the node holds: refused as
+    VOUCHER_TOO_LOW, or served from what the client paid ahead). Streams idle longer than half the idle timeout are not reused.
     """
 
     def __init__(

@@ -30,9 +30,9 @@ So with nothing in flight nothing is at risk (``cumulative == settled``), and ea
 its own price at risk, plus the price of an earlier failed call its voucher covers (rule 3). The node's ledger
 (node.ledger.VoucherLedger.revert_voucher) counts a failed call the same way, so both sides agree.
 
-Vouchers for one expert must reach its node in the order they were reserved (one stream, in order, as the
-infer protocol has it; reserve and write under one lock): a node that sees amount N+2p before N+p answers
-the latter ``VOUCHER_TOO_LOW``, which costs a price (release it not kept, resync, reserve again).
+Vouchers for one expert may reach its node in any order (concurrent calls travel on separate streams): the
+node takes a voucher when the highest one it holds, this one included, pays for every call it served plus
+this one, so amount N+p arriving after N+2p is served, and each call costs exactly its price.
 
 One process owns a book file at a time (an exclusive lock on ``<path>.lock``; a second open raises
 `MarketConfigError`), because rule 5 would otherwise settle another live process's calls. Threads share one

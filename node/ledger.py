@@ -8,11 +8,18 @@ what it signed, not money) are committed without the fsync: they survive a SIGKI
 
 Tables:
 
-- ``vouchers``: the latest voucher per (client, expert_id): cumulative amount and signature.
+- ``vouchers``: the highest voucher per (client, expert_id): cumulative amount and signature.
+- ``served``: per pair, the prices of the calls this node accepted a voucher for and did not revert. A voucher
+  pays for one more call when ``max(held, its amount) >= served + price``: the highest voucher held must cover
+  every call served. So vouchers may arrive in any order (concurrent calls of one client travel on separate
+  streams): amount N+p arriving after N+2p is accepted, since N+2p already covers both calls, and the client
+  pays exactly its calls (the older rule, "each voucher above the last", refused it and cost the client a
+  price). A pair without a row (a ledger from before this table) counts everything held as served.
 - ``voucher_history``: the last ``VOUCHER_HISTORY`` vouchers per pair above the redeemed amount, so that a
   call that failed on the node (``INTERNAL``: "the voucher for this call is not kept") can be undone with
   `revert_voucher`, also when calls are pipelined. It mirrors the client's book (market.wallet): a failed
-  call's voucher is dropped, and the pair falls back to the highest voucher still standing.
+  call's voucher is dropped, and the pair falls back to the highest voucher still standing, never below what
+  the calls still served need.
 - ``redemptions``: what the chain confirmed as redeemed per (client, expert_id), the transaction in flight
   (hash and amount), attempts and the last error. The chain's ``redeemed()`` is the truth: `sync_redeemed`
   adopts it after a restart or a partly paid redemption.
@@ -58,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the served table (an older moe-market would ignore it, so it must refuse the file)
 MAX_UINT256 = 2**256 - 1
 DEFAULT_RECEIPT_MAX_AGE_S = 30 * 24 * 3600.0
 DEFAULT_RECEIPT_MAX_ROWS = 1_000_000
@@ -80,6 +87,12 @@ CREATE TABLE IF NOT EXISTS vouchers (
     cumulative      BLOB NOT NULL,   -- 32-byte big-endian wei
     signature       BLOB NOT NULL,
     updated_at      REAL NOT NULL,
+    PRIMARY KEY (client_key, expert_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS served (
+    client_key  TEXT NOT NULL,
+    expert_id   TEXT NOT NULL,
+    amount      BLOB NOT NULL,   -- prices of the calls accepted and not reverted, 32-byte big-endian wei
     PRIMARY KEY (client_key, expert_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS voucher_history (
@@ -127,19 +140,21 @@ class LedgerError(MarketError):
 
 
 class VoucherTooLowError(PaymentError):
-    """A voucher's cumulative amount is below what the node holds plus the price (wire code ``VOUCHER_TOO_LOW``).
+    """Neither the voucher nor what the node holds pays for one more call (wire code ``VOUCHER_TOO_LOW``).
 
-    `held` is what the node holds for (client, expert) and `expected` = held + price, the least it accepts;
-    the client resyncs to `held` and resends.
+    `held` is the highest voucher the node holds for (client, expert), `served` what its calls so far cost,
+    and `expected` = served + price, the least amount it accepts; the client resyncs to `held` (the quote's
+    ``cumulative``) and resends, which always covers it since held >= served.
     """
 
-    def __init__(self, client: str, expert_id: int, offered: int, held: int, price: int) -> None:
+    def __init__(self, client: str, expert_id: int, offered: int, held: int, price: int, served: int | None = None) -> None:
         self.client = client
         self.expert_id = expert_id
         self.offered = offered
         self.held = held
         self.price = price
-        self.expected = held + price
+        self.served = held if served is None else served
+        self.expected = self.served + price
         super().__init__(
             f"voucher from {client} for expert {expert_id} is for {offered} wei cumulative, but the node holds "
             f"{held} and the price is {price}: sign at least {self.expected} (resync from the quote's cumulative)"
@@ -317,13 +332,22 @@ class VoucherLedger:
             ).fetchall()
         return {int(eid): max(_dec(cum), _dec(red)) for eid, cum, red in rows}
 
+    def served_amount(self, client: str, expert_id: int) -> int:
+        """What the calls this node accepted from `client` for `expert_id` cost (reverted ones not counted);
+        never more than `last_cumulative`."""
+        key, eid = _check_client(client), _check_expert(expert_id)
+        with self._read() as c:
+            return self._served(c, key, eid, self._held(c, key, eid))
+
     def record_voucher(self, signed_voucher: SignedVoucher, price: int) -> None:
-        """Stores `signed_voucher` as the latest from its client for its expert, durably, if it pays for one
-        more call: ``cumulative_amount >= held + price`` where held is `last_cumulative`.
+        """Accepts `signed_voucher` for one more call at `price`, durably, if the highest voucher held (this
+        one included) covers every call served plus this one: ``max(held, amount) >= served + price``. A
+        voucher above what is held becomes the latest; a lower one (it arrived after a later voucher of the
+        same client) is kept in the history, so that `revert_voucher` can still find it.
 
         Raises `VoucherTooLowError` otherwise (the ledger is unchanged). The check and the write are one
-        transaction, so two concurrent calls with the same voucher cannot both pass. When this returns, the
-        voucher survives a SIGKILL or a power loss.
+        transaction, so two concurrent calls with the same voucher cannot both pass unless the vouchers held
+        pay for both. When this returns, the voucher survives a SIGKILL or a power loss.
         """
         if not isinstance(signed_voucher, SignedVoucher):
             raise MarketInputError(f"expected a SignedVoucher, got {type(signed_voucher).__name__}")
@@ -335,15 +359,23 @@ class VoucherLedger:
         now = self._clock()
         with self._write() as c:
             held = self._held(c, key, eid)
-            if amount < held + price:
-                raise VoucherTooLowError(v.client, v.expert_id, amount, held, price)
-            c.execute(
-                """INSERT INTO vouchers (client_key, expert_id, client, cumulative, signature, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_key, expert_id) DO UPDATE SET
-                   client = excluded.client, cumulative = excluded.cumulative, signature = excluded.signature,
-                   updated_at = excluded.updated_at""",
-                (key, eid, v.client, _enc(amount), signature, now),
-            )
+            served = self._served(c, key, eid, held)
+            if max(held, amount) < served + price:
+                raise VoucherTooLowError(v.client, v.expert_id, amount, held, price, served)
+            self._set_served(c, key, eid, served + price)
+            if amount <= self._redeemed(c, key, eid):
+                return  # worth nothing on chain any more (the held vouchers paid for the call): nothing to keep
+            latest = c.execute(
+                "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
+            ).fetchone()
+            if latest is None or amount >= _dec(latest[0]):
+                c.execute(
+                    """INSERT INTO vouchers (client_key, expert_id, client, cumulative, signature, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_key, expert_id) DO UPDATE SET
+                       client = excluded.client, cumulative = excluded.cumulative, signature = excluded.signature,
+                       updated_at = excluded.updated_at""",
+                    (key, eid, v.client, _enc(amount), signature, now),
+                )
             c.execute(
                 "INSERT OR REPLACE INTO voucher_history (client_key, expert_id, cumulative, signature) VALUES (?, ?, ?, ?)",
                 (key, eid, _enc(amount), signature),
@@ -355,21 +387,24 @@ class VoucherLedger:
                 (key, eid, key, eid, VOUCHER_HISTORY - 1),
             )
 
-    def revert_voucher(self, signed_voucher: SignedVoucher) -> bool:
+    def revert_voucher(self, signed_voucher: SignedVoucher, price: int) -> bool:
         """Undoes `record_voucher` for a call that failed on this node (wire code ``INTERNAL``: the voucher is
-        not kept). Call it once per failed call, with that call's voucher.
+        not kept). Call it once per failed call, with that call's voucher and price.
 
-        If it is the latest voucher, the pair falls back to the highest earlier voucher not reverted (or to
-        nothing) and this returns True. If a later voucher already replaced it (pipelined calls), that later
-        voucher keeps covering the failed call's price (at most one price, as the client's book counts it) and
-        this returns False; should the later call fail too, its revert falls back below both. Returns False,
-        changing nothing, when the voucher is unknown, was reverted before, or a redemption carries it.
+        The call's price leaves what was served, and the voucher leaves the history unless the vouchers left
+        would no longer cover the calls still served. If it was the highest voucher, the pair falls back to the
+        highest one left (or to nothing). If a later voucher already replaced it (pipelined calls), that later
+        voucher stays (the client's book counts the failed call's price as carried by it: at most one price);
+        should the later call fail too, its revert falls back below both. Returns True when the call was taken
+        back; False, changing nothing, when the voucher is unknown, was reverted before, or a redemption
+        carries it.
         """
         if not isinstance(signed_voucher, SignedVoucher):
             raise MarketInputError(f"expected a SignedVoucher, got {type(signed_voucher).__name__}")
         v = signed_voucher.voucher
         key, eid = _check_client(v.client), _check_expert(v.expert_id)
         amount = _check_amount("cumulative_amount", v.cumulative_amount)
+        price = _check_amount("price", price)
         now = self._clock()
         with self._write() as c:
             known = c.execute(
@@ -385,6 +420,15 @@ class VoucherLedger:
             ).fetchone()
             if (max(_dec(red[0]), _dec(red[1])) if red else 0) >= amount:
                 return False
+            served = max(0, self._served(c, key, eid, self._held(c, key, eid)) - price)
+            self._set_served(c, key, eid, served)
+            below = c.execute(
+                """SELECT cumulative, signature FROM voucher_history WHERE client_key = ? AND expert_id = ?
+                   AND cumulative != ? ORDER BY cumulative DESC LIMIT 1""",
+                (key, eid, _enc(amount)),
+            ).fetchone()
+            if max(_dec(below[0]) if below else 0, _dec(red[0]) if red else 0) < served:
+                return True  # the calls still served need this voucher: it stays
             c.execute(
                 "DELETE FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?",
                 (key, eid, _enc(amount)),
@@ -393,12 +437,7 @@ class VoucherLedger:
                 "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
             ).fetchone()
             if latest is None or _dec(latest[0]) != amount:
-                return False
-            below = c.execute(
-                """SELECT cumulative, signature FROM voucher_history WHERE client_key = ? AND expert_id = ?
-                   ORDER BY cumulative DESC LIMIT 1""",
-                (key, eid),
-            ).fetchone()
+                return True
             if below is None:
                 c.execute("DELETE FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid))
             else:
@@ -490,6 +529,7 @@ class VoucherLedger:
                     (_enc(new), tx, now, key, eid),
                 )
                 self._forget_history(c, key, eid, new)
+                self._adopt_unknown_payment(c, key, eid, new)
 
     def mark_failed(self, vouchers: Iterable[SignedVoucher | Voucher], error: str) -> None:
         """Records that a redemption carrying `vouchers` failed (reverted, dropped, never sent); they stay
@@ -538,6 +578,7 @@ class VoucherLedger:
                 (_enc(amount), now, key, eid),
             )
             self._forget_history(c, key, eid, amount)
+            self._adopt_unknown_payment(c, key, eid, amount)
 
     def pending(self) -> list[PendingRedemption]:
         """Redemptions sent and not yet confirmed or failed: after a restart, look each transaction up."""
@@ -675,6 +716,39 @@ class VoucherLedger:
             "SELECT redeemed FROM redemptions WHERE client_key = ? AND expert_id = ?", (key, eid)
         ).fetchone()
         return max(_dec(row[0]) if row else 0, _dec(red[0]) if red else 0)
+
+    @staticmethod
+    def _redeemed(c: sqlite3.Connection, key: str, eid: str) -> int:
+        row = c.execute(
+            "SELECT redeemed FROM redemptions WHERE client_key = ? AND expert_id = ?", (key, eid)
+        ).fetchone()
+        return _dec(row[0]) if row else 0
+
+    @staticmethod
+    def _served(c: sqlite3.Connection, key: str, eid: str, held: int) -> int:
+        """The prices of the calls served, never above `held` (a pair without a row: all of `held`)."""
+        row = c.execute("SELECT amount FROM served WHERE client_key = ? AND expert_id = ?", (key, eid)).fetchone()
+        return held if row is None else min(_dec(row[0]), held)
+
+    @staticmethod
+    def _set_served(c: sqlite3.Connection, key: str, eid: str, amount: int) -> None:
+        c.execute(
+            "INSERT INTO served (client_key, expert_id, amount) VALUES (?, ?, ?) "
+            "ON CONFLICT (client_key, expert_id) DO UPDATE SET amount = excluded.amount",
+            (key, eid, _enc(min(amount, MAX_UINT256))),
+        )
+
+    @classmethod
+    def _adopt_unknown_payment(cls, c: sqlite3.Connection, key: str, eid: str, redeemed: int) -> None:
+        """The chain paid more than any voucher this ledger holds (it was restored from an old backup): the
+        calls behind that payment were served, though the ledger no longer knows them, so they give no credit."""
+        latest = c.execute(
+            "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
+        ).fetchone()
+        if latest is None or redeemed > _dec(latest[0]):
+            row = c.execute("SELECT amount FROM served WHERE client_key = ? AND expert_id = ?", (key, eid)).fetchone()
+            if row is not None and _dec(row[0]) < redeemed:
+                cls._set_served(c, key, eid, redeemed)
 
     @staticmethod
     def _forget_history(c: sqlite3.Connection, key: str, eid: str, redeemed: int) -> None:

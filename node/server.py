@@ -271,7 +271,7 @@ class ExpertServer:
             raise error from exc
 
         if trio.current_time() > deadline:
-            await trio.to_thread.run_sync(self.ledger.revert_voucher, signed)
+            await trio.to_thread.run_sync(self.ledger.revert_voucher, signed, served.price)
             raise _remote(ErrorCode.DEADLINE, "the deadline passed while the request waited")
         try:
             with trio.fail_after(max(deadline - trio.current_time(), 0.001)):
@@ -279,7 +279,7 @@ class ExpertServer:
         except BaseException as exc:
             # Not answered: the client is not charged for this call.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.ledger.revert_voucher, signed)
+                await trio.to_thread.run_sync(self.ledger.revert_voucher, signed, served.price)
             if isinstance(exc, trio.TooSlowError):
                 raise _remote(ErrorCode.DEADLINE, "the deadline passed during compute") from None
             if isinstance(exc, ExpertBusyError):

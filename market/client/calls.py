@@ -9,8 +9,8 @@ For each expert of the redundancy set, concurrently (one "slot" each):
       result       the node kept the voucher: confirm it; then check the answer (market.client.checks); a bad
                    answer is a failure (and evidence when it is signed)
       error        the node did not keep the voucher: release it (not kept); VOUCHER_TOO_LOW: resync from
-                   the node's amount and send again (at most MAX_VOUCHER_SENDS sends: concurrent calls to one
-                   expert can reach it out of order); INSUFFICIENT_DEPOSIT: stop, the deposit is short
+                   the node's amount and send again (at most MAX_VOUCHER_SENDS sends; the book was stale);
+                   INSUFFICIENT_DEPOSIT: stop, the deposit is short
       no answer    (timeout, connection lost, cancelled) the node may hold it: release it as kept, which
                    marks the expert for a resync before the next call
     on failure the slot takes the next fallback of an operator not yet in the set (market.gate.substitute)
@@ -323,9 +323,9 @@ class CallEngine:
             raise _Failed("transport", f"cannot reach the node: {exc}") from None
         if await trio.to_thread.run_sync(self.wallet.needs_resync, eid):
             await self._resync(expert)
-        # VOUCHER_TOO_LOW: resync to the node's amount and send again. Concurrent calls to one expert travel on
-        # separate streams and can reach its node out of order, so a resend can lose the same race again; it
-        # converges (each loss means the node's amount rose), and the number of sends is bounded.
+        # VOUCHER_TOO_LOW: resync to the node's amount and send again (the book was stale: a lost state
+        # directory, another process on the same key). Nodes take vouchers of concurrent calls in any order,
+        # so a resend does not race them; it converges, and the number of sends is bounded all the same.
         for send in range(1, MAX_VOUCHER_SENDS + 1):
             if send > 1 and trio.current_time() >= plan.deadline:
                 raise _Failed("timeout", "the deadline passed while resyncing the voucher amount")

@@ -3,14 +3,16 @@
 A loop of calls from one client to a few experts on one node, with the outcomes the wire can produce: a
 result; an ``INTERNAL`` error (the node reverts the voucher and says so); a request lost before the node saw
 it, or an answer lost after the node stored the voucher (the client cannot tell these apart: unknown); the
-client crashing mid-call and restarting; and pairs of pipelined calls. The client follows the protocol:
+client crashing mid-call and restarting; pairs of pipelined calls; and groups of concurrent calls whose vouchers
+reach the node in any order (separate streams). The client follows the protocol:
 resync from the node's quote when the book asks for it, and on ``VOUCHER_TOO_LOW`` release and resync.
 
 Checks, per expert: the node is paid for every call it computed (answered, or answer lost); the client pays
 (by the node's vouchers) or has signed (by its book) at most one price more than the calls it was served,
 per request lost before the node saw it and per failed pipelined call whose price a later voucher already
 carried (both sides count it the same way); the book never counts less than the node holds (no surprise on
-chain); the node never answers ``VOUCHER_TOO_LOW``.
+chain); the node never answers ``VOUCHER_TOO_LOW``, out of order vouchers included (each refusal would cost
+the client a price).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class World:
             tally.served += price
             self.book.confirm(expert, amount)
         elif outcome == "internal":
-            assert self.node.revert_voucher(voucher)
+            assert self.node.revert_voucher(voucher, price)
             self.book.release(expert, amount, kept=False)
         elif outcome == "lost_answer":
             tally.served += price
@@ -114,12 +116,36 @@ class World:
                 tally.served += price
                 self.book.confirm(expert, amount)
             else:
-                self.node.revert_voucher(
-                    voucher
-                )  # False when a later voucher covers it: kept, at most one price
+                self.node.revert_voucher(voucher, price)  # a later voucher may carry its price: at most one
                 self.book.release(expert, amount, kept=False)
         if not ok1 and ok2:
             tally.covered += 1
+
+    def concurrent_calls(self, expert: int, n: int) -> None:
+        """n calls in flight at once on separate streams: the vouchers reach the node in a random order, and
+        each must pay for its own call. The answers come back and some calls fail on the node (INTERNAL)."""
+        price, tally = PRICES[expert], self.tally[expert]
+        self.before_call(expert)
+        calls = [(amount, signed(expert, amount)) for amount in (self.book.reserve(expert, price) for _ in range(n))]
+        arrival = calls[:]
+        self.rng.shuffle(arrival)
+        for _, voucher in arrival:
+            try:
+                self.node.record_voucher(voucher, price)
+            except VoucherTooLowError:
+                self.tally[expert].too_low += 1
+                raise
+        for i, (amount, voucher) in enumerate(calls):
+            if self.rng.random() < 0.8:
+                tally.served += price
+                self.book.confirm(expert, amount)
+            else:
+                assert self.node.revert_voucher(voucher, price)
+                self.book.release(expert, amount, kept=False)
+                if i < n - 1:
+                    tally.covered += 1  # a later voucher in flight carries its price, as for a pipelined pair
+        amounts = [a for a, _ in calls]
+        assert amounts == sorted(amounts)
 
     def check(self) -> None:
         for expert, price in PRICES.items():
@@ -156,8 +182,11 @@ def test_wallet_and_ledger_agree_through_failures(fast_dir: Path, seed: int) -> 
     try:
         for step in range(150):
             expert = rng.choice(list(PRICES))
-            if rng.random() < 0.2:
+            draw = rng.random()
+            if draw < 0.2:
                 world.pipelined_pair(expert)
+            elif draw < 0.35:
+                world.concurrent_calls(expert, rng.randint(2, 5))
             else:
                 world.single_call(expert)
             if step % 10 == 0:

@@ -81,15 +81,75 @@ def test_record_voucher_accepts_exactly_one_more_price(ledger: VoucherLedger) ->
     ledger.record_voucher(sv(ALICE, 1, PRICE), PRICE)
     assert ledger.last_cumulative(ALICE, 1) == PRICE
     ledger.record_voucher(sv(ALICE, 1, 2 * PRICE), PRICE)
-    ledger.record_voucher(sv(ALICE, 1, 5 * PRICE), PRICE)  # paying ahead is allowed
-    assert ledger.last_cumulative(ALICE, 1) == 5 * PRICE
     with pytest.raises(VoucherTooLowError) as info:
-        ledger.record_voucher(sv(ALICE, 1, 6 * PRICE - 1), PRICE)
+        ledger.record_voucher(sv(ALICE, 1, 3 * PRICE - 1), PRICE)
     err = info.value
     assert isinstance(err, PaymentError)
-    assert (err.held, err.expected, err.offered, err.price) == (5 * PRICE, 6 * PRICE, 6 * PRICE - 1, PRICE)
+    assert (err.held, err.expected, err.offered, err.price) == (2 * PRICE, 3 * PRICE, 3 * PRICE - 1, PRICE)
     assert "resync" in str(err)
-    assert ledger.last_cumulative(ALICE, 1) == 5 * PRICE  # a rejected voucher changes nothing
+    assert ledger.last_cumulative(ALICE, 1) == 2 * PRICE  # a rejected voucher changes nothing
+    assert ledger.served_amount(ALICE, 1) == 2 * PRICE
+
+
+def test_paying_ahead_covers_the_next_calls_whatever_their_vouchers_say(ledger: VoucherLedger) -> None:
+    ledger.record_voucher(sv(ALICE, 1, PRICE), PRICE)
+    ledger.record_voucher(sv(ALICE, 1, 4 * PRICE), PRICE)  # paying ahead is allowed
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (4 * PRICE, 2 * PRICE)
+    # Two more calls are paid for already: any voucher of this client serves them (signatures are checked
+    # by the server before the ledger), and the node keeps the highest.
+    ledger.record_voucher(sv(ALICE, 1, 3 * PRICE), PRICE)
+    ledger.record_voucher(sv(ALICE, 1, PRICE, tag="old"), PRICE)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (4 * PRICE, 4 * PRICE)
+    with pytest.raises(VoucherTooLowError) as info:
+        ledger.record_voucher(sv(ALICE, 1, 5 * PRICE - 1), PRICE)
+    assert (info.value.held, info.value.expected) == (4 * PRICE, 5 * PRICE)
+    [(held, _)] = ledger.unredeemed()
+    assert held.voucher.cumulative_amount == 4 * PRICE
+
+
+def test_vouchers_arriving_out_of_order_pay_exactly_their_calls(ledger: VoucherLedger) -> None:
+    # Three concurrent calls of one client: vouchers 1p, 2p, 3p sent on three streams, arriving 3p, 1p, 2p.
+    third, first, second = sv(ALICE, 1, 3 * PRICE), sv(ALICE, 1, PRICE), sv(ALICE, 1, 2 * PRICE)
+    for v in (third, first, second):
+        ledger.record_voucher(v, PRICE)  # the older rule refused the last two: the client paid 2 prices more
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (3 * PRICE, 3 * PRICE)
+    assert ledger.unredeemed() == [(third, 0)]
+    with pytest.raises(VoucherTooLowError):  # a fourth call needs a fourth price
+        ledger.record_voucher(sv(ALICE, 1, 3 * PRICE, tag="replay"), PRICE)
+    # The call of 3p fails on the node: back to exactly two calls and the voucher that pays for them.
+    assert ledger.revert_voucher(third, PRICE)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (2 * PRICE, 2 * PRICE)
+    assert ledger.unredeemed() == [(second, 0)]
+
+
+def test_a_revert_never_drops_a_voucher_the_served_calls_need(ledger: VoucherLedger) -> None:
+    # One voucher paid ahead for two calls; a replay of it served the second. The first call fails: the
+    # voucher must stay, since the second call is still served by it.
+    v = sv(ALICE, 1, 2 * PRICE)
+    ledger.record_voucher(v, PRICE)
+    ledger.record_voucher(v, PRICE)
+    assert ledger.revert_voucher(v, PRICE)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (2 * PRICE, PRICE)
+    assert ledger.unredeemed() == [(v, 0)]
+
+
+def test_a_ledger_without_served_counts_everything_held_as_served(ledger: VoucherLedger) -> None:
+    ledger.record_voucher(sv(ALICE, 1, 5 * PRICE), PRICE)
+    ledger._db.conn().execute("DELETE FROM served")  # as a ledger written before the table existed
+    assert ledger.served_amount(ALICE, 1) == 5 * PRICE
+    with pytest.raises(VoucherTooLowError):
+        ledger.record_voucher(sv(ALICE, 1, 5 * PRICE, tag="again"), PRICE)
+    ledger.record_voucher(sv(ALICE, 1, 6 * PRICE), PRICE)
+
+
+def test_a_voucher_below_the_redeemed_amount_can_use_credit_but_is_not_kept(ledger: VoucherLedger) -> None:
+    v1, v3 = sv(ALICE, 1, PRICE), sv(ALICE, 1, 3 * PRICE)
+    ledger.record_voucher(v3, PRICE)
+    ledger.mark_redeemed([v3], TX1)
+    ledger.record_voucher(v1, PRICE)  # arrived late; 3p (already paid on chain) covers it
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (3 * PRICE, 2 * PRICE)
+    assert ledger.unredeemed() == []
+    assert not ledger.revert_voucher(v1, PRICE)  # redeemed: nothing to take back
 
 
 def test_replayed_voucher_is_rejected(ledger: VoucherLedger) -> None:
@@ -105,8 +165,8 @@ def test_pairs_are_independent_and_clients_match_case_insensitively(ledger: Vouc
     ledger.record_voucher(sv(BOB, 1, 10), PRICE)
     assert ledger.last_cumulative(ALICE.lower(), 1) == 30
     assert ledger.last_cumulative(ALICE.upper().replace("0X", "0x"), 2) == 10
-    with pytest.raises(VoucherTooLowError):
-        ledger.record_voucher(sv(ALICE.lower(), 1, 35), PRICE)
+    with pytest.raises(VoucherTooLowError):  # the same pair: 30 held pays for calls at 10, not one at 30
+        ledger.record_voucher(sv(ALICE.lower(), 1, 30, tag="replay"), 30)
     assert ledger.cumulative_for(ALICE) == {1: 30, 2: 10}
     # The spelling the client signed with is what goes back on chain.
     assert {v.voucher.client for v, _ in ledger.unredeemed()} == {ALICE, BOB}
@@ -155,23 +215,23 @@ def test_revert_restores_the_previous_voucher(ledger: VoucherLedger) -> None:
     first, second = sv(ALICE, 1, 10), sv(ALICE, 1, 20)
     ledger.record_voucher(first, PRICE)
     ledger.record_voucher(second, PRICE)
-    assert ledger.revert_voucher(second)
+    assert ledger.revert_voucher(second, PRICE)
     assert ledger.last_cumulative(ALICE, 1) == 10
     [(back, _)] = ledger.unredeemed()
     assert back == first  # the exact voucher and signature that were replaced
-    assert not ledger.revert_voucher(second)  # once per failed call
+    assert not ledger.revert_voucher(second, PRICE)  # once per failed call
     # The client rolls back too and resends the same amount for its next call; the node accepts it.
     ledger.record_voucher(sv(ALICE, 1, 20, tag="resent"), PRICE)
-    assert not ledger.revert_voucher(second)  # the old signature is not the one held
+    assert not ledger.revert_voucher(second, PRICE)  # the old signature is not the one held
 
 
 def test_revert_of_the_first_voucher_forgets_the_pair(ledger: VoucherLedger) -> None:
     v = sv(ALICE, 1, 10)
     ledger.record_voucher(v, PRICE)
-    assert ledger.revert_voucher(v)
+    assert ledger.revert_voucher(v, PRICE)
     assert ledger.last_cumulative(ALICE, 1) == 0
     assert ledger.unredeemed() == []
-    assert not ledger.revert_voucher(sv(BOB, 3, 10))  # never recorded
+    assert not ledger.revert_voucher(sv(BOB, 3, 10), PRICE)  # never recorded
 
 
 def test_revert_of_a_covered_voucher_keeps_the_later_one(ledger: VoucherLedger) -> None:
@@ -179,21 +239,22 @@ def test_revert_of_a_covered_voucher_keeps_the_later_one(ledger: VoucherLedger) 
     for v in (base, c1, c2):
         ledger.record_voucher(v, PRICE)
     # Pipelined: c1's call fails while c2 is held; c2 covers c1's price, as the client's book counts it.
-    assert not ledger.revert_voucher(c1)
-    assert not ledger.revert_voucher(sv(ALICE, 1, 30, tag="other signature"))
-    assert ledger.last_cumulative(ALICE, 1) == 30
+    assert ledger.revert_voucher(c1, PRICE)
+    assert not ledger.revert_voucher(sv(ALICE, 1, 30, tag="other signature"), PRICE)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (30, 20)
     # c2's call fails too: back below both, where the client's book rolls back to.
-    assert ledger.revert_voucher(c2)
+    assert ledger.revert_voucher(c2, PRICE)
     assert ledger.unredeemed() == [(base, 0)]
+    assert ledger.served_amount(ALICE, 1) == 10
 
 
 def test_pipelined_failures_in_either_order_end_at_the_same_voucher(ledger: VoucherLedger) -> None:
     base, c1, c2 = sv(ALICE, 1, 10), sv(ALICE, 1, 20), sv(ALICE, 1, 30)
     for v in (base, c1, c2):
         ledger.record_voucher(v, PRICE)
-    assert ledger.revert_voucher(c2)
+    assert ledger.revert_voucher(c2, PRICE)
     assert ledger.last_cumulative(ALICE, 1) == 20
-    assert ledger.revert_voucher(c1)
+    assert ledger.revert_voucher(c1, PRICE)
     assert ledger.unredeemed() == [(base, 0)]
 
 
@@ -202,24 +263,26 @@ def test_revert_history_is_bounded(ledger: VoucherLedger, monkeypatch: pytest.Mo
     vouchers = [sv(ALICE, 1, 10 * k) for k in range(1, 7)]
     for v in vouchers:
         ledger.record_voucher(v, PRICE)
-    assert not ledger.revert_voucher(vouchers[2])  # pushed out of the history
+    assert not ledger.revert_voucher(vouchers[2], PRICE)  # pushed out of the history
     for v in reversed(vouchers[3:]):
-        assert ledger.revert_voucher(v)
-    assert ledger.last_cumulative(ALICE, 1) == 0  # nothing left to fall back to
+        assert ledger.revert_voucher(v, PRICE)
+    # The calls of 10, 20 and 30 are still served and their vouchers are gone from the history: 40 stays,
+    # the one voucher left that pays for them (falling back to nothing would leave them unpaid).
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (40, 30)
 
 
 def test_revert_refuses_once_a_redemption_carries_it(ledger: VoucherLedger) -> None:
     v = sv(ALICE, 1, 10)
     ledger.record_voucher(v, PRICE)
     ledger.mark_pending([v], TX1)
-    assert not ledger.revert_voucher(v)
+    assert not ledger.revert_voucher(v, PRICE)
     ledger.mark_redeemed([v], TX1)
-    assert not ledger.revert_voucher(v)
+    assert not ledger.revert_voucher(v, PRICE)
     assert ledger.last_cumulative(ALICE, 1) == 10
     # A voucher above the redeemed one reverts, falling back to what the chain paid.
     v2 = sv(ALICE, 1, 20)
     ledger.record_voucher(v2, PRICE)
-    assert ledger.revert_voucher(v2)
+    assert ledger.revert_voucher(v2, PRICE)
     assert ledger.last_cumulative(ALICE, 1) == 10
     assert ledger.unredeemed() == []
     assert ledger.cumulative_for(ALICE) == {1: 10}
@@ -397,7 +460,7 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     with VoucherLedger(path) as led:
         assert led.stats() == before
         assert led.unredeemed() == [(sv(ALICE, 1, 20), 0)]
-        assert led.revert_voucher(sv(ALICE, 1, 20)) is False  # pending survives the restart too
+        assert led.revert_voucher(sv(ALICE, 1, 20), PRICE) is False  # pending survives the restart too
         assert led.receipt(signed_receipt(1).receipt.request_id) is not None
 
 

@@ -1,10 +1,13 @@
 """The node ledger's voucher and redemption rules against a plain model, driven by a hypothesis state machine.
 
-The model: the vouchers recorded and not reverted (the history), the latest one, what the chain confirmed and
-the redemption in flight. Checked after every step: what the node holds (`last_cumulative`), what it would
-redeem (`unredeemed`), what it is owed (`outstanding_amount`) and the pending redemption. Among the steps:
-vouchers too low (must be refused and change nothing), reverts of any voucher ever seen (pipelined failures,
-replays, reverts of redeemed vouchers), partial payments and reorgs through `sync_redeemed`, and restarts.
+The model: the vouchers recorded and not reverted (the history), the latest one, what the calls served cost,
+what the chain confirmed and the redemption in flight. Checked after every step: what the node holds
+(`last_cumulative`), what it served (`served_amount`, never above what it holds: every call served is paid
+by a voucher the node keeps), what it would redeem (`unredeemed`), what it is owed (`outstanding_amount`)
+and the pending redemption. Among the steps: vouchers above, at and below what is held (out of order: taken
+when the held vouchers pay for the call, refused otherwise, changing nothing), reverts of any voucher ever
+seen (pipelined failures, replays, reverts of redeemed vouchers), partial payments and reorgs through
+`sync_redeemed`, and restarts.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.latest: tuple[int, bytes] | None = None
         self.redeemed = 0
         self.pending: int | None = None
-        self.seen: list[SignedVoucher] = []
+        self.served_row: int | None = None  # None: no row yet (then everything held counts as served)
+        self.max_redeemed = 0  # a reorg may take back a payment the node had no voucher left for
+        self.seen: list[tuple[SignedVoucher, int]] = []
         self.counter = 0
 
     def teardown(self) -> None:
@@ -45,6 +50,10 @@ class LedgerMachine(RuleBasedStateMachine):
     def held(self) -> int:
         return max(self.latest[0] if self.latest else 0, self.redeemed)
 
+    @property
+    def served(self) -> int:
+        return self.held if self.served_row is None else min(self.served_row, self.held)
+
     def _latest_voucher(self) -> SignedVoucher:
         assert self.latest is not None
         return SignedVoucher(Voucher(CLIENT, EXPERT, self.latest[0]), self.latest[1])
@@ -53,6 +62,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.history = {a: s for a, s in self.history.items() if a > self.redeemed}
         if self.pending is not None and self.pending <= self.redeemed:
             self.pending = None
+        # Paid on chain beyond every voucher held (an old backup): those calls were served.
+        if (self.latest is None or self.redeemed > self.latest[0]) and self.served_row is not None:
+            self.served_row = max(self.served_row, self.redeemed)
 
     @rule(offset=st.integers(-15, 30), price=st.sampled_from([0, 5, 10]))
     def record(self, offset: int, price: int) -> None:
@@ -61,32 +73,38 @@ class LedgerMachine(RuleBasedStateMachine):
         voucher = SignedVoucher(
             Voucher(CLIENT, EXPERT, amount), hashlib.sha256(b"%d" % self.counter).digest()
         )
-        self.seen.append(voucher)
-        if amount >= self.held + price:
+        self.seen.append((voucher, price))
+        if max(self.held, amount) >= self.served + price:
             self.ledger.record_voucher(voucher, price)
-            self.latest = (amount, voucher.signature)
-            self.history[amount] = voucher.signature
+            self.served_row = self.served + price
+            if amount > self.redeemed:
+                if self.latest is None or amount >= self.latest[0]:
+                    self.latest = (amount, voucher.signature)
+                self.history[amount] = voucher.signature
         else:
             try:
                 self.ledger.record_voucher(voucher, price)
             except VoucherTooLowError as err:
-                assert err.held == self.held
+                assert (err.held, err.expected) == (self.held, self.served + price)
             else:
-                raise AssertionError("a voucher below held + price was accepted")
+                raise AssertionError("a voucher that does not pay for the call was accepted")
 
     @precondition(lambda self: self.seen)
     @rule(data=st.data())
     def revert(self, data: st.DataObject) -> None:
-        voucher = data.draw(st.sampled_from(self.seen))
+        voucher, price = data.draw(st.sampled_from(self.seen))
         amount, sig = voucher.voucher.cumulative_amount, voucher.signature
         expected = False
         if self.history.get(amount) == sig and max(self.redeemed, self.pending or 0) < amount:
-            del self.history[amount]
-            if self.latest is not None and self.latest[0] == amount:
-                top = max(self.history, default=None)
-                self.latest = None if top is None else (top, self.history[top])
-                expected = True
-        assert self.ledger.revert_voucher(voucher) == expected
+            expected = True
+            self.served_row = max(0, self.served - price)
+            rest = max((a for a in self.history if a != amount), default=0)
+            if max(rest, self.redeemed) >= self.served_row:
+                del self.history[amount]
+                if self.latest is not None and self.latest[0] == amount:
+                    top = max(self.history, default=None)
+                    self.latest = None if top is None else (top, self.history[top])
+        assert self.ledger.revert_voucher(voucher, price) == expected
 
     @precondition(lambda self: self.latest)
     @rule()
@@ -101,6 +119,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if ok:
             self.ledger.mark_redeemed([voucher], b"\x01" * 32)
             self.redeemed = max(self.redeemed, voucher.voucher.cumulative_amount)
+            self.max_redeemed = max(self.max_redeemed, self.redeemed)
         else:
             self.ledger.mark_failed([voucher], "reverted")
             if self.pending is not None and self.pending <= voucher.voucher.cumulative_amount:
@@ -110,6 +129,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(delta=st.integers(-10, 10))
     def chain_says(self, delta: int) -> None:
         self.redeemed = max(0, self.redeemed + delta)
+        self.max_redeemed = max(self.max_redeemed, self.redeemed)
         self.ledger.sync_redeemed(CLIENT, EXPERT, self.redeemed)
         self._prune()
 
@@ -121,6 +141,11 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def matches_the_model(self) -> None:
         assert self.ledger.last_cumulative(CLIENT, EXPERT) == self.held
+        assert self.ledger.served_amount(CLIENT, EXPERT) == self.served
+        # The money rule itself, on what is stored: no call served without a voucher held that pays for it.
+        row = self.ledger._db.conn().execute("SELECT amount FROM served").fetchone()
+        assert (None if row is None else int.from_bytes(row[0], "big")) == self.served_row
+        assert self.served_row is None or self.served_row <= max(self.held, self.max_redeemed)
         if self.latest is not None and self.latest[0] > self.redeemed:
             assert self.ledger.unredeemed() == [(self._latest_voucher(), self.redeemed)]
         else:
@@ -131,6 +156,6 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=50, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedgerModel = LedgerMachine.TestCase
