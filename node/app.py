@@ -20,6 +20,8 @@ node.toml:
     max_age_s = 30.0
     interval_s = 2.0
     shutdown_s = 15.0                  # the most the last redemption waits for the chain on the way out
+    reorg_window_s = 3600.0            # redemptions this recent are checked against the chain again (reorgs)
+    recheck_s = 60.0                   # how often
     [[experts]]
     expert_id = 3
     model_hash = "0x..."
@@ -150,6 +152,8 @@ class NodeConfig:
             f"interval_s = {float(self.redeem.interval_s)}",
             f"max_backoff_s = {float(self.redeem.max_backoff_s)}",
             f"shutdown_s = {float(self.redeem.shutdown_s)}",
+            f"reorg_window_s = {float(self.redeem.reorg_window_s)}",
+            f"recheck_s = {float(self.redeem.recheck_s)}",
         ]
         for e in self.experts:
             lines += [

@@ -9,6 +9,13 @@ start-up) the chain's `redeemed()` is adopted for each pair involved, because th
 voucher when a client's balance ran short, and because the chain is the truth after a crash between sending a
 transaction and recording it.
 
+A mined redemption is not final until the chain says so: a reorg can drop it, and then the client could
+withdraw money the node believes it holds. So every `recheck_s` (and at start-up) the pairs redeemed within
+`reorg_window_s` are read from the chain again; one the chain now shows less for goes back to unredeemed (its
+latest voucher is still in the ledger, and still good) and is redeemed again at once. `recheck_s` must stay
+well below the escrow's withdrawal delay (600 s on the devnet, days on a public chain), the time a client
+waits before it can take its deposit back: that is the time the node has to redeem again.
+
 It does blocking chain and SQLite I/O: run `redeem_once` in a worker thread (`run` does). A blocked chain
 call cannot be interrupted, so `run` never waits for one when it is cancelled: the round's thread is
 abandoned (rounds take a lock, so an abandoned round and the next never overlap), and the last round on the
@@ -42,6 +49,8 @@ class RedeemPolicy:
     interval_s: float = 2.0
     max_backoff_s: float = 60.0
     shutdown_s: float = 15.0  # the most the last round on the way out waits for the chain
+    reorg_window_s: float = 3600.0  # redemptions this recent are checked against the chain again...
+    recheck_s: float = 60.0  # ...this often (and at start-up), once at least this old
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +85,41 @@ class Redeemer:
         self.total_gas = 0
         self.total_vouchers = 0
         self._round = threading.Lock()  # one round at a time, abandoned ones included
+        self._next_recheck = 0.0
+        self.total_reorged = 0  # wei a reorg took back and the redeemer redeemed again
 
     def _pending_items(self) -> list[tuple[SignedVoucher, int]]:
         return [item for item in self.ledger.unredeemed() if item[0].voucher.expert_id in self.expert_ids]
 
     def sync_from_chain(self) -> None:
-        """Adopts the chain's redeemed amounts for every pair with unredeemed vouchers (start-up, after errors)."""
+        """Adopts the chain's redeemed amounts for every pair with unredeemed vouchers and every pair redeemed
+        within `reorg_window_s` (start-up, after errors)."""
         with self._round:
             for signed, _ in self._pending_items():
                 self._sync(signed)
+            self._recheck(settled_s=0.0)
+
+    def recheck_redeemed(self) -> int:
+        """Reads the chain's `redeemed()` again for the pairs redeemed within `reorg_window_s` (and at least
+        `recheck_s` ago); a pair the chain shows less for goes back to unredeemed. Returns the wei taken back."""
+        with self._round:
+            return self._recheck(settled_s=self.policy.recheck_s)
+
+    def _recheck(self, settled_s: float) -> int:
+        taken_back = 0
+        for client, expert_id, redeemed in self.ledger.recently_redeemed(self.policy.reorg_window_s, settled_s):
+            if expert_id not in self.expert_ids:
+                continue
+            on_chain = self.chain.redeemed(client, expert_id)
+            if on_chain < redeemed:
+                logger.warning(
+                    "the chain took back a redemption (a reorg?): expert %d was paid %d by %s, now %d; "
+                    "redeeming it again", expert_id, redeemed, client, on_chain,
+                )
+                self.ledger.sync_redeemed(client, expert_id, on_chain)
+                taken_back += redeemed - on_chain
+        self.total_reorged += taken_back
+        return taken_back
 
     def owed(self) -> int:
         return sum(signed.voucher.cumulative_amount - redeemed for signed, redeemed in self._pending_items())
@@ -107,6 +142,12 @@ class Redeemer:
 
     def _round_locked(self, force: bool) -> RedeemReport:
         now = time.monotonic()
+        if now >= self._next_recheck:
+            self._next_recheck = now + self.policy.recheck_s
+            try:
+                force = self._recheck(settled_s=self.policy.recheck_s) > 0 or force
+            except MarketError as exc:
+                logger.warning("could not check recent redemptions against the chain: %s", exc)
         if not force and (now < self._next_try or not self.due(now)):
             return RedeemReport(0, 0, 0, 0)
         items = self._pending_items()

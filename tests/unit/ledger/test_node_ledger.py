@@ -552,3 +552,18 @@ def test_a_zero_voucher_is_never_offered_for_redemption(ledger: VoucherLedger) -
     ledger.record_voucher(sv(ALICE, 1, 0), 0)
     assert ledger.unredeemed() == []
     assert ledger.last_cumulative(ALICE, 1) == 0
+
+
+def test_recently_redeemed_lists_what_a_reorg_could_still_take_back(ledger: VoucherLedger, clock: Clock) -> None:
+    a, b = sv(ALICE, 1, 30), sv(BOB, 2, 20)
+    ledger.record_voucher(a, 30)
+    ledger.record_voucher(b, 20)
+    ledger.mark_redeemed([a], TX1)
+    clock.now += 100
+    ledger.mark_redeemed([b], TX1)
+    clock.now += 10
+    assert ledger.recently_redeemed(within_s=200) == [(ALICE, 1, 30), (BOB, 2, 20)]
+    assert ledger.recently_redeemed(within_s=50) == [(BOB, 2, 20)]
+    assert ledger.recently_redeemed(within_s=200, settled_s=50) == [(ALICE, 1, 30)]  # b is too fresh yet
+    ledger.record_voucher(sv(ALICE, 3, 10), 10)  # never redeemed: not listed
+    assert ledger.recently_redeemed(within_s=5) == []
