@@ -7,6 +7,14 @@ by threads. Sending goes: estimate gas (a revert surfaces here, decoded into a n
 then wait for the receipt with a finite timeout. Taking the nonce from the node each time keeps it right
 when another process uses the same account or a devnet reverts to a snapshot.
 
+A flaky RPC: web3 retries the requests on its list (reads, and a send of the same signed bytes, whose one
+nonce lets it be mined at most once) on a reset connection, a timeout or an HTTP error (`_RETRY`). A send
+whose answers were lost says nothing about whether the transaction went out, and the resend of one that
+did is refused ("nonce too low", "already known"); so after a failed send the chain is asked for the
+transaction by its hash, and a known one counts as sent. Only a nonce refused for a transaction the chain
+does not know is replaced by the next one. Receipt polls that fail are retried until the receipt timeout.
+An error after a transaction may have gone out names its hash and says to look it up before sending again.
+
 Reverts and RPC failures leave this module only as market errors (market.chain.errors). Methods whose name
 starts with `devnet_` or `increase_time` use anvil-only RPC methods and must not be used on a real chain.
 """
@@ -15,16 +23,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 from eth_hash.auto import keccak
 from eth_utils import is_address, to_checksum_address
 from web3 import HTTPProvider, Web3
 from web3.contract.contract import Contract, ContractFunction
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound, Web3RPCError
 from web3.logs import DISCARD
+from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxReceipt
 
 from market.chain.artifacts import load_abi
@@ -63,6 +74,14 @@ DEFAULT_RPC_TIMEOUT = 30.0
 DEFAULT_RECEIPT_TIMEOUT = 120.0
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 5, 4  # 25% over the estimate: state may move between estimate and mining
 NONCE_ATTEMPTS = 3
+# Failures that say nothing about what the RPC node did with the request (its answer never arrived).
+_NO_ANSWER = (requests.exceptions.RequestException, ConnectionError, TimeoutError)
+# web3's own retries (of the requests on its list: reads, and sends, since the same signed transaction is
+# mined at most once), on a reset connection too: web3's default errors name the built-in ConnectionError,
+# which requests never raises, so a reset failed the request at once.
+_RETRY = ExceptionRetryConfiguration(
+    errors=(ConnectionError, requests.exceptions.ConnectionError, requests.HTTPError, requests.Timeout)
+)
 _LOG_CHUNK = 10_000  # blocks per eth_getLogs request (public RPCs cap ranges)
 
 
@@ -136,7 +155,13 @@ class MarketChain:
         self._rpc_timeout = rpc_timeout
         self._receipt_timeout = receipt_timeout
         self._poll_interval = poll_interval
-        self._w3 = Web3(HTTPProvider(deployment.rpc_url, request_kwargs={"timeout": rpc_timeout}))
+        self._w3 = Web3(
+            HTTPProvider(
+                deployment.rpc_url,
+                request_kwargs={"timeout": rpc_timeout},
+                exception_retry_configuration=_RETRY,
+            )
+        )
         self.registry = self._w3.eth.contract(
             address=to_checksum_address(deployment.registry), abi=load_abi("ExpertRegistry")
         )
@@ -226,16 +251,14 @@ class MarketChain:
                         }
                     )
                     try:
-                        tx_hash = self._w3.eth.send_raw_transaction(account.sign_transaction(tx))
+                        tx_hash = self._send(account.sign_transaction(tx))
                         break
                     except Web3RPCError as exc:
                         # Another process sending from the same account took this nonce: take the next one.
                         if "nonce" not in str(exc).lower() or attempt == NONCE_ATTEMPTS - 1:
                             raise
                         log.debug("nonce %d taken (%s); retrying", nonce, exc)
-            receipt = self._w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self._receipt_timeout, poll_latency=self._poll_interval
-            )
+            receipt = self._receipt(tx_hash)
         self._local.last = TxResult(
             tx_hash=bytes(receipt["transactionHash"]),
             block_number=receipt["blockNumber"],
@@ -251,6 +274,48 @@ class MarketChain:
             fn.fn_name,
         )
         return receipt
+
+    def _send(self, raw: bytes) -> bytes:
+        """Sends a signed transaction (web3 resends it while answers are lost) and returns its hash once the
+        chain has it. Raises the RPC's refusal (Web3RPCError) only when the chain does not know the
+        transaction, and a ChainError naming the hash when it cannot tell whether it went out."""
+        tx_hash = keccak(raw)
+        try:
+            self._w3.eth.send_raw_transaction(raw)
+            return tx_hash
+        except (Web3RPCError, *_NO_ANSWER) as exc:
+            failure: BaseException = exc
+        try:
+            self._w3.eth.get_transaction(tx_hash)
+            return tx_hash  # it went out: its answer was lost, or a resend of it was refused ("nonce too low")
+        except TransactionNotFound:
+            if isinstance(failure, Web3RPCError):
+                raise failure from None
+        except (Web3RPCError, *_NO_ANSWER):
+            pass
+        raise ChainError(
+            f"transaction 0x{tx_hash.hex()} may or may not have reached the chain ({failure}); look it up (or "
+            "check the balance it changes) before sending it again"
+        ) from failure
+
+    def _receipt(self, tx_hash: bytes) -> TxReceipt:
+        """The receipt of a sent transaction; polls that fail are retried until the receipt timeout."""
+        deadline = time.monotonic() + self._receipt_timeout
+        failure: BaseException | None = None
+        while True:
+            try:
+                return self._w3.eth.get_transaction_receipt(tx_hash)
+            except (TransactionNotFound, TransactionIndexingInProgress):
+                pass
+            except (*_NO_ANSWER, Web3RPCError) as exc:
+                failure = exc
+            if time.monotonic() >= deadline:
+                why = f"the last poll failed: {failure}" if failure else "not mined yet"
+                raise ChainError(
+                    f"transaction 0x{tx_hash.hex()} was sent but has no receipt after {self._receipt_timeout:.0f} s "
+                    f"({why}); it may still be mined: look it up before sending it again"
+                )
+            time.sleep(self._poll_interval)
 
     def _failure(self, fn: ContractFunction, params: dict[str, Any], receipt: TxReceipt) -> ChainError:
         """Why a mined transaction reverted: replays it as a call on the state it ran against."""
@@ -315,10 +380,8 @@ class MarketChain:
                 "nonce": self._w3.eth.get_transaction_count(account.address, "pending"),
                 **self._fees(),
             }
-            tx_hash = self._w3.eth.send_raw_transaction(account.sign_transaction(tx))
-            receipt = self._w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self._receipt_timeout, poll_latency=self._poll_interval
-            )
+            tx_hash = self._send(account.sign_transaction(tx))
+            receipt = self._receipt(tx_hash)
         if receipt["status"] != 1:
             raise ChainError(f"sending {amount} wei to {to} failed")
         return TxResult(
