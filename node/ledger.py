@@ -15,11 +15,13 @@ Tables:
   streams): amount N+p arriving after N+2p is accepted, since N+2p already covers both calls, and the client
   pays exactly its calls (the older rule, "each voucher above the last", refused it and cost the client a
   price). A pair without a row (a ledger from before this table) counts everything held as served.
-- ``voucher_history``: the last ``VOUCHER_HISTORY`` vouchers per pair above the redeemed amount, so that a
-  call that failed on the node (``INTERNAL``: "the voucher for this call is not kept") can be undone with
-  `revert_voucher`, also when calls are pipelined. It mirrors the client's book (market.wallet): a failed
-  call's voucher is dropped, and the pair falls back to the highest voucher still standing, never below what
-  the calls still served need.
+- ``voucher_history``: the last ``VOUCHER_HISTORY`` vouchers per pair above the redeemed amount, each with
+  the number of calls it was accepted for (a voucher repeated while the client had paid ahead serves more
+  than one), so that a call that failed on the node (``INTERNAL``: "the voucher for this call is not kept")
+  can be undone with `revert_voucher`, also when calls are pipelined. It mirrors the client's book
+  (market.wallet): a failed call's voucher is dropped, and the pair falls back to the highest voucher still
+  standing, never below what the calls still served need. A voucher whose amount the node already holds
+  under another signature never replaces it.
 - ``redemptions``: what the chain confirmed as redeemed per (client, expert_id), the transaction in flight
   (hash and amount), attempts and the last error. The chain's ``redeemed()`` is the truth: `sync_redeemed`
   adopts it after a restart or a partly paid redemption.
@@ -100,7 +102,8 @@ CREATE TABLE IF NOT EXISTS voucher_history (
     expert_id   TEXT NOT NULL,
     cumulative  BLOB NOT NULL,
     signature   BLOB NOT NULL,
-    PRIMARY KEY (client_key, expert_id, cumulative)
+    uses        INTEGER NOT NULL DEFAULT 1,  -- calls accepted with it and not reverted (0: kept as cover only)
+    PRIMARY KEY (client_key, expert_id, cumulative, signature)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS redemptions (
     client_key     TEXT NOT NULL,
@@ -143,18 +146,19 @@ class VoucherTooLowError(PaymentError):
     """Neither the voucher nor what the node holds pays for one more call (wire code ``VOUCHER_TOO_LOW``).
 
     `held` is the highest voucher the node holds for (client, expert), `served` what its calls so far cost,
-    and `expected` = served + price, the least amount it accepts; the client resyncs to `held` (the quote's
-    ``cumulative``) and resends, which always covers it since held >= served.
+    and `expected` the least amount it accepts (served + price, and above what the chain already paid); the
+    client resyncs to `held` (the quote's ``cumulative``) and resends, which always covers it.
     """
 
-    def __init__(self, client: str, expert_id: int, offered: int, held: int, price: int, served: int | None = None) -> None:
+    def __init__(self, client: str, expert_id: int, offered: int, held: int, price: int, served: int | None = None,
+                 expected: int | None = None) -> None:
         self.client = client
         self.expert_id = expert_id
         self.offered = offered
         self.held = held
         self.price = price
         self.served = held if served is None else served
-        self.expected = self.served + price
+        self.expected = self.served + price if expected is None else expected
         super().__init__(
             f"voucher from {client} for expert {expert_id} is for {offered} wei cumulative, but the node holds "
             f"{held} and the price is {price}: sign at least {self.expected} (resync from the quote's cumulative)"
@@ -272,10 +276,18 @@ class VoucherLedger:
                         f"the ledger {self._path} has schema {version}, newer than this moe-market ({SCHEMA_VERSION}): "
                         "upgrade moe-market"
                     )
+                if version == 1:  # schema 1: one signature per amount, no use count
+                    c.execute("ALTER TABLE voucher_history RENAME TO voucher_history_v1")
                 # executescript would COMMIT the open transaction; run the statements one by one instead.
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         c.execute(statement)
+                if version == 1:
+                    c.execute(
+                        """INSERT INTO voucher_history (client_key, expert_id, cumulative, signature, uses)
+                           SELECT client_key, expert_id, cumulative, signature, 1 FROM voucher_history_v1"""
+                    )
+                    c.execute("DROP TABLE voucher_history_v1")
                 c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._bind_domain(c, escrow, chain_id)
         except LedgerError as exc:
@@ -341,8 +353,9 @@ class VoucherLedger:
 
     def record_voucher(self, signed_voucher: SignedVoucher, price: int) -> None:
         """Accepts `signed_voucher` for one more call at `price`, durably, if the highest voucher held (this
-        one included) covers every call served plus this one: ``max(held, amount) >= served + price``. A
-        voucher above what is held becomes the latest; a lower one (it arrived after a later voucher of the
+        one included) covers every call served plus this one: ``max(held, amount) >= served + price``, and the
+        voucher is still worth something on chain (above what was redeemed; any amount when the call is free).
+        A voucher above what is held becomes the latest; a lower one (it arrived after a later voucher of the
         same client) is kept in the history, so that `revert_voucher` can still find it.
 
         Raises `VoucherTooLowError` otherwise (the ledger is unchanged). The check and the write are one
@@ -360,15 +373,17 @@ class VoucherLedger:
         with self._write() as c:
             held = self._held(c, key, eid)
             served = self._served(c, key, eid, held)
-            if max(held, amount) < served + price:
-                raise VoucherTooLowError(v.client, v.expert_id, amount, held, price, served)
+            redeemed = self._redeemed(c, key, eid)
+            if max(held, amount) < served + price or (amount <= redeemed and price > 0):
+                expected = max(served + price, redeemed + 1)
+                raise VoucherTooLowError(v.client, v.expert_id, amount, held, price, served, expected)
             self._set_served(c, key, eid, served + price)
-            if amount <= self._redeemed(c, key, eid):
-                return  # worth nothing on chain any more (the held vouchers paid for the call): nothing to keep
+            if amount <= redeemed:
+                return  # a free call on a voucher already paid on chain: nothing to keep, nothing to revert
             latest = c.execute(
                 "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
             ).fetchone()
-            if latest is None or amount >= _dec(latest[0]):
+            if latest is None or amount > _dec(latest[0]):
                 c.execute(
                     """INSERT INTO vouchers (client_key, expert_id, client, cumulative, signature, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_key, expert_id) DO UPDATE SET
@@ -377,7 +392,8 @@ class VoucherLedger:
                     (key, eid, v.client, _enc(amount), signature, now),
                 )
             c.execute(
-                "INSERT OR REPLACE INTO voucher_history (client_key, expert_id, cumulative, signature) VALUES (?, ?, ?, ?)",
+                """INSERT INTO voucher_history (client_key, expert_id, cumulative, signature, uses)
+                   VALUES (?, ?, ?, ?, 1) ON CONFLICT DO UPDATE SET uses = uses + 1""",
                 (key, eid, _enc(amount), signature),
             )
             c.execute(
@@ -406,13 +422,15 @@ class VoucherLedger:
         amount = _check_amount("cumulative_amount", v.cumulative_amount)
         price = _check_amount("price", price)
         now = self._clock()
+        sig = signed_voucher.signature
         with self._write() as c:
+            this = (key, eid, _enc(amount), sig)
             known = c.execute(
-                """SELECT 1 FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?
+                """SELECT uses FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?
                    AND signature = ?""",
-                (key, eid, _enc(amount), signed_voucher.signature),
+                this,
             ).fetchone()
-            if known is None:
+            if known is None or known[0] < 1:
                 return False
             red = c.execute(
                 "SELECT redeemed, pending_amount FROM redemptions WHERE client_key = ? AND expert_id = ?",
@@ -422,29 +440,43 @@ class VoucherLedger:
                 return False
             served = max(0, self._served(c, key, eid, self._held(c, key, eid)) - price)
             self._set_served(c, key, eid, served)
+            same_amount = c.execute(
+                """SELECT signature FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?
+                   AND signature != ? ORDER BY signature LIMIT 1""",
+                this,
+            ).fetchone()
             below = c.execute(
                 """SELECT cumulative, signature FROM voucher_history WHERE client_key = ? AND expert_id = ?
-                   AND cumulative != ? ORDER BY cumulative DESC LIMIT 1""",
+                   AND cumulative != ? ORDER BY cumulative DESC, signature LIMIT 1""",
                 (key, eid, _enc(amount)),
             ).fetchone()
-            if max(_dec(below[0]) if below else 0, _dec(red[0]) if red else 0) < served:
-                return True  # the calls still served need this voucher: it stays
+            needed = same_amount is None and max(_dec(below[0]) if below else 0, _dec(red[0]) if red else 0) < served
+            if known[0] > 1 or needed:
+                # It still pays for another call, or the calls still served need it: it stays.
+                c.execute(
+                    """UPDATE voucher_history SET uses = uses - 1 WHERE client_key = ? AND expert_id = ?
+                       AND cumulative = ? AND signature = ?""",
+                    this,
+                )
+                return True
             c.execute(
-                "DELETE FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?",
-                (key, eid, _enc(amount)),
+                """DELETE FROM voucher_history WHERE client_key = ? AND expert_id = ? AND cumulative = ?
+                   AND signature = ?""",
+                this,
             )
             latest = c.execute(
-                "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
+                "SELECT cumulative, signature FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
             ).fetchone()
-            if latest is None or _dec(latest[0]) != amount:
+            if latest is None or (_dec(latest[0]), bytes(latest[1])) != (amount, sig):
                 return True
-            if below is None:
+            fallback = (_enc(amount), same_amount[0]) if same_amount is not None else below
+            if fallback is None:
                 c.execute("DELETE FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid))
             else:
                 c.execute(
                     """UPDATE vouchers SET cumulative = ?, signature = ?, updated_at = ?
                        WHERE client_key = ? AND expert_id = ?""",
-                    (below[0], below[1], now, key, eid),
+                    (fallback[0], fallback[1], now, key, eid),
                 )
             return True
 

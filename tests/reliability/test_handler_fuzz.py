@@ -208,19 +208,23 @@ def fuzz(examples: int, strategy: st.SearchStrategy, check: Any) -> None:
 
 def check_infer(h: Harness, case: tuple[dict[str, Any], bytes, int]) -> None:
     header, payload, extra = case
-    before = h.ledger.last_cumulative(CLIENT.address, EXPERT_ID)
+
+    def holdings() -> tuple[int, int]:  # (what the node holds, what the calls it served cost)
+        return (h.ledger.last_cumulative(CLIENT.address, EXPERT_ID), h.ledger.served_amount(CLIENT.address, EXPERT_ID))
+
+    before = holdings()
     answer = answer_or_expected_error(h.server.on_infer, header, payload)
-    after = h.ledger.last_cumulative(CLIENT.address, EXPERT_ID)
+    after = holdings()
     if answer is None:
         h.errors += 1
-        assert after == before, f"an error answer changed what the node holds: {before} -> {after}"
+        assert after == before, f"an error answer changed what the node holds or served: {before} -> {after}"
         return
     result = InferResult.from_header(answer[0], answer[1])
     assert result.receipt.receipt.price == PRICE
-    # A result: the voucher is kept, and it pays for at least this one call.
-    assert after >= before + PRICE, (before, after)
+    # A result: one more call served, and the vouchers held pay for every call served (this one included).
+    assert after[1] == before[1] + PRICE and after[0] >= before[0] and after[0] >= after[1], (before, after)
     h.results += 1
-    h.cumulative = after
+    h.cumulative = after[0]
 
 
 def check_quote(h: Harness, header: dict[str, Any]) -> None:

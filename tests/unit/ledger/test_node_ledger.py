@@ -142,14 +142,21 @@ def test_a_ledger_without_served_counts_everything_held_as_served(ledger: Vouche
     ledger.record_voucher(sv(ALICE, 1, 6 * PRICE), PRICE)
 
 
-def test_a_voucher_below_the_redeemed_amount_can_use_credit_but_is_not_kept(ledger: VoucherLedger) -> None:
+def test_a_voucher_at_or_below_the_redeemed_amount_pays_for_nothing(ledger: VoucherLedger) -> None:
+    # Worthless on chain, and a failed call on it could not be taken back: refused, even with credit. An
+    # honest client never sends one (its book is above what the node holds), except a free call's.
     v1, v3 = sv(ALICE, 1, PRICE), sv(ALICE, 1, 3 * PRICE)
     ledger.record_voucher(v3, PRICE)
     ledger.mark_redeemed([v3], TX1)
-    ledger.record_voucher(v1, PRICE)  # arrived late; 3p (already paid on chain) covers it
-    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (3 * PRICE, 2 * PRICE)
-    assert ledger.unredeemed() == []
-    assert not ledger.revert_voucher(v1, PRICE)  # redeemed: nothing to take back
+    with pytest.raises(VoucherTooLowError) as info:
+        ledger.record_voucher(v1, PRICE)
+    assert (info.value.held, info.value.expected) == (3 * PRICE, 3 * PRICE + 1)
+    with pytest.raises(VoucherTooLowError):
+        ledger.record_voucher(sv(ALICE, 1, 0), PRICE)
+    ledger.record_voucher(sv(ALICE, 1, 0), 0)  # a free call
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (3 * PRICE, PRICE)
+    ledger.record_voucher(sv(ALICE, 1, 3 * PRICE + 1), PRICE)  # above what was redeemed: the credit pays
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (3 * PRICE + 1, 2 * PRICE)
 
 
 def test_replayed_voucher_is_rejected(ledger: VoucherLedger) -> None:
@@ -567,3 +574,60 @@ def test_recently_redeemed_lists_what_a_reorg_could_still_take_back(ledger: Vouc
     assert ledger.recently_redeemed(within_s=200, settled_s=50) == [(ALICE, 1, 30)]  # b is too fresh yet
     ledger.record_voucher(sv(ALICE, 3, 10), 10)  # never redeemed: not listed
     assert ledger.recently_redeemed(within_s=5) == []
+
+
+def test_a_failed_call_carrying_an_amount_already_held_never_lowers_what_is_held(ledger: VoucherLedger) -> None:
+    # Found by tests/reliability/test_handler_fuzz.py: the client paid ahead, then a call carried the held
+    # amount again under a new signature and failed on the node (deadline). Its revert must not take the
+    # earlier voucher of that amount with it.
+    ledger.record_voucher(sv(ALICE, 1, 29), 10)
+    ledger.record_voucher(sv(ALICE, 1, 30), 10)  # 30 held, 20 served: 10 paid ahead
+    again = sv(ALICE, 1, 30, tag="same amount, new signature")
+    ledger.record_voucher(again, 10)
+    assert ledger.revert_voucher(again, 10)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (30, 20)
+    [(held, _)] = ledger.unredeemed()
+    assert held == sv(ALICE, 1, 30)  # the voucher that first paid 30 is the one kept
+    assert not ledger.revert_voucher(again, 10)  # once per failed call
+
+
+def test_the_same_voucher_twice_pays_two_calls_and_two_reverts_undo_both(ledger: VoucherLedger) -> None:
+    v = sv(ALICE, 1, 30)
+    ledger.record_voucher(sv(ALICE, 1, 10), 10)
+    ledger.record_voucher(v, 10)  # paid ahead: 30 held, 20 served
+    ledger.record_voucher(v, 10)  # repeated: 30 served
+    assert ledger.revert_voucher(v, 10)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (30, 20)
+    assert ledger.revert_voucher(v, 10)
+    assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (10, 10)
+    assert not ledger.revert_voucher(v, 10)
+
+
+def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """CREATE TABLE voucher_history (client_key TEXT NOT NULL, expert_id TEXT NOT NULL, cumulative BLOB NOT NULL,
+               signature BLOB NOT NULL, PRIMARY KEY (client_key, expert_id, cumulative)) WITHOUT ROWID;
+           CREATE TABLE vouchers (client_key TEXT NOT NULL, expert_id TEXT NOT NULL, client TEXT NOT NULL,
+               cumulative BLOB NOT NULL, signature BLOB NOT NULL, updated_at REAL NOT NULL,
+               PRIMARY KEY (client_key, expert_id)) WITHOUT ROWID;
+           PRAGMA user_version=1;"""
+    )
+    old = sv(ALICE, 1, 20)
+    for table, extra in (("voucher_history", ()), ("vouchers", (ALICE, 0.0))):
+        cols = "client_key, expert_id, cumulative, signature" + (", client, updated_at" if extra else "")
+        conn.execute(f"INSERT INTO {table} ({cols}) VALUES (?, ?, ?, ?{', ?, ?' if extra else ''})",
+                     (ALICE.lower(), "1", (20).to_bytes(32, "big"), old.signature, *extra))
+    conn.commit()
+    conn.close()
+    with VoucherLedger(path) as ledger:
+        # Everything held counts as served (no served row yet): the next call needs one more price.
+        assert (ledger.last_cumulative(ALICE, 1), ledger.served_amount(ALICE, 1)) == (20, 20)
+        with pytest.raises(VoucherTooLowError):
+            ledger.record_voucher(sv(ALICE, 1, 25), 10)
+        nxt = sv(ALICE, 1, 30)
+        ledger.record_voucher(nxt, 10)
+        assert ledger.revert_voucher(nxt, 10)
+        assert ledger.unredeemed() == [(old, 0)]  # the upgraded history still falls back
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == ledger_mod.SCHEMA_VERSION

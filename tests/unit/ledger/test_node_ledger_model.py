@@ -33,7 +33,8 @@ class LedgerMachine(RuleBasedStateMachine):
         shm = Path("/dev/shm")  # durability is test_ledger_durability's job; tmpfs makes fsync free
         self.dir = Path(tempfile.mkdtemp(prefix="ledger-model-", dir=shm if shm.is_dir() else None))
         self.ledger = VoucherLedger(self.dir / "l.db")
-        self.history: dict[int, bytes] = {}  # recorded, not reverted, above what the chain paid
+        # amount -> signature -> calls it pays for (0: kept only as cover); above what the chain paid
+        self.history: dict[int, dict[bytes, int]] = {}
         self.latest: tuple[int, bytes] | None = None
         self.redeemed = 0
         self.pending: int | None = None
@@ -59,7 +60,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return SignedVoucher(Voucher(CLIENT, EXPERT, self.latest[0]), self.latest[1])
 
     def _prune(self) -> None:
-        self.history = {a: s for a, s in self.history.items() if a > self.redeemed}
+        self.history = {a: sigs for a, sigs in self.history.items() if a > self.redeemed}
         if self.pending is not None and self.pending <= self.redeemed:
             self.pending = None
         # Paid on chain beyond every voucher held (an old backup): those calls were served.
@@ -74,18 +75,29 @@ class LedgerMachine(RuleBasedStateMachine):
             Voucher(CLIENT, EXPERT, amount), hashlib.sha256(b"%d" % self.counter).digest()
         )
         self.seen.append((voucher, price))
-        if max(self.held, amount) >= self.served + price:
+        self._offer(voucher, price)
+
+    @precondition(lambda self: self.seen)
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        """A voucher sent again (a resent request, or a client reusing what it paid ahead)."""
+        self._offer(*data.draw(st.sampled_from(self.seen)))
+
+    def _offer(self, voucher: SignedVoucher, price: int) -> None:
+        amount, sig = voucher.voucher.cumulative_amount, voucher.signature
+        if max(self.held, amount) >= self.served + price and (amount > self.redeemed or price == 0):
             self.ledger.record_voucher(voucher, price)
             self.served_row = self.served + price
             if amount > self.redeemed:
-                if self.latest is None or amount >= self.latest[0]:
-                    self.latest = (amount, voucher.signature)
-                self.history[amount] = voucher.signature
+                if self.latest is None or amount > self.latest[0]:
+                    self.latest = (amount, sig)
+                sigs = self.history.setdefault(amount, {})
+                sigs[sig] = sigs.get(sig, 0) + 1
         else:
             try:
                 self.ledger.record_voucher(voucher, price)
             except VoucherTooLowError as err:
-                assert (err.held, err.expected) == (self.held, self.served + price)
+                assert (err.held, err.expected) == (self.held, max(self.served + price, self.redeemed + 1))
             else:
                 raise AssertionError("a voucher that does not pay for the call was accepted")
 
@@ -95,15 +107,24 @@ class LedgerMachine(RuleBasedStateMachine):
         voucher, price = data.draw(st.sampled_from(self.seen))
         amount, sig = voucher.voucher.cumulative_amount, voucher.signature
         expected = False
-        if self.history.get(amount) == sig and max(self.redeemed, self.pending or 0) < amount:
+        uses = self.history.get(amount, {}).get(sig, 0)
+        if uses >= 1 and max(self.redeemed, self.pending or 0) < amount:
             expected = True
             self.served_row = max(0, self.served - price)
+            others = sorted(s for s in self.history[amount] if s != sig)
             rest = max((a for a in self.history if a != amount), default=0)
-            if max(rest, self.redeemed) >= self.served_row:
-                del self.history[amount]
-                if self.latest is not None and self.latest[0] == amount:
-                    top = max(self.history, default=None)
-                    self.latest = None if top is None else (top, self.history[top])
+            if uses > 1 or (not others and max(rest, self.redeemed) < self.served_row):
+                self.history[amount][sig] = uses - 1  # still pays another call, or still needed as cover
+            else:
+                del self.history[amount][sig]
+                if not self.history[amount]:
+                    del self.history[amount]
+                if self.latest == (amount, sig):
+                    if others:
+                        self.latest = (amount, others[0])
+                    else:
+                        top = max(self.history, default=None)
+                        self.latest = None if top is None else (top, min(self.history[top]))
         assert self.ledger.revert_voucher(voucher, price) == expected
 
     @precondition(lambda self: self.latest)
