@@ -7,13 +7,9 @@ by threads. Sending goes: estimate gas (a revert surfaces here, decoded into a n
 then wait for the receipt with a finite timeout. Taking the nonce from the node each time keeps it right
 when another process uses the same account or a devnet reverts to a snapshot.
 
-A flaky RPC: web3 retries the requests on its list (reads, and a send of the same signed bytes, whose one
-nonce lets it be mined at most once) on a reset connection, a timeout or an HTTP error (`_RETRY`). A send
-whose answers were lost says nothing about whether the transaction went out, and the resend of one that
-did is refused ("nonce too low", "already known"); so after a failed send the chain is asked for the
-transaction by its hash, and a known one counts as sent. Only a nonce refused for a transaction the chain
-does not know is replaced by the next one. Receipt polls that fail are retried until the receipt timeout.
-An error after a transaction may have gone out names its hash and says to look it up before sending again.
+A flaky RPC: requests are retried on a reset connection, and a send whose answer was lost is looked up by
+its hash rather than sent again (market.chain.sending); only a nonce refused for a transaction the chain
+does not know is replaced by the next one. An error after a transaction may have gone out names its hash.
 
 Reverts and RPC failures leave this module only as market errors (market.chain.errors). Methods whose name
 starts with `devnet_` or `increase_time` use anvil-only RPC methods and must not be used on a real chain.
@@ -23,19 +19,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
 from eth_hash.auto import keccak
 from eth_utils import is_address, to_checksum_address
-from web3 import HTTPProvider, Web3
 from web3.contract.contract import Contract, ContractFunction
-from web3.exceptions import TransactionIndexingInProgress, TransactionNotFound, Web3RPCError
+from web3.exceptions import Web3RPCError
 from web3.logs import DISCARD
-from web3.providers.rpc.utils import ExceptionRetryConfiguration
 from web3.types import TxReceipt
 
 from market.chain.artifacts import load_abi
@@ -54,6 +46,7 @@ from market.chain.records import (
     VerifierInfo,
     VoteRevealedEvent,
 )
+from market.chain.sending import send_raw, wait_receipt, web3_for
 from market.chain.signer import Signer
 from market.errors import ChainError, ContractRevertError, MarketConfigError, MarketInputError
 from market.types import (
@@ -74,14 +67,6 @@ DEFAULT_RPC_TIMEOUT = 30.0
 DEFAULT_RECEIPT_TIMEOUT = 120.0
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 5, 4  # 25% over the estimate: state may move between estimate and mining
 NONCE_ATTEMPTS = 3
-# Failures that say nothing about what the RPC node did with the request (its answer never arrived).
-_NO_ANSWER = (requests.exceptions.RequestException, ConnectionError, TimeoutError)
-# web3's own retries (of the requests on its list: reads, and sends, since the same signed transaction is
-# mined at most once), on a reset connection too: web3's default errors name the built-in ConnectionError,
-# which requests never raises, so a reset failed the request at once.
-_RETRY = ExceptionRetryConfiguration(
-    errors=(ConnectionError, requests.exceptions.ConnectionError, requests.HTTPError, requests.Timeout)
-)
 _LOG_CHUNK = 10_000  # blocks per eth_getLogs request (public RPCs cap ranges)
 
 
@@ -155,13 +140,7 @@ class MarketChain:
         self._rpc_timeout = rpc_timeout
         self._receipt_timeout = receipt_timeout
         self._poll_interval = poll_interval
-        self._w3 = Web3(
-            HTTPProvider(
-                deployment.rpc_url,
-                request_kwargs={"timeout": rpc_timeout},
-                exception_retry_configuration=_RETRY,
-            )
-        )
+        self._w3 = web3_for(deployment.rpc_url, rpc_timeout)
         self.registry = self._w3.eth.contract(
             address=to_checksum_address(deployment.registry), abi=load_abi("ExpertRegistry")
         )
@@ -276,46 +255,10 @@ class MarketChain:
         return receipt
 
     def _send(self, raw: bytes) -> bytes:
-        """Sends a signed transaction (web3 resends it while answers are lost) and returns its hash once the
-        chain has it. Raises the RPC's refusal (Web3RPCError) only when the chain does not know the
-        transaction, and a ChainError naming the hash when it cannot tell whether it went out."""
-        tx_hash = keccak(raw)
-        try:
-            self._w3.eth.send_raw_transaction(raw)
-            return tx_hash
-        except (Web3RPCError, *_NO_ANSWER) as exc:
-            failure: BaseException = exc
-        try:
-            self._w3.eth.get_transaction(tx_hash)
-            return tx_hash  # it went out: its answer was lost, or a resend of it was refused ("nonce too low")
-        except TransactionNotFound:
-            if isinstance(failure, Web3RPCError):
-                raise failure from None
-        except (Web3RPCError, *_NO_ANSWER):
-            pass
-        raise ChainError(
-            f"transaction 0x{tx_hash.hex()} may or may not have reached the chain ({failure}); look it up (or "
-            "check the balance it changes) before sending it again"
-        ) from failure
+        return send_raw(self._w3, raw)
 
     def _receipt(self, tx_hash: bytes) -> TxReceipt:
-        """The receipt of a sent transaction; polls that fail are retried until the receipt timeout."""
-        deadline = time.monotonic() + self._receipt_timeout
-        failure: BaseException | None = None
-        while True:
-            try:
-                return self._w3.eth.get_transaction_receipt(tx_hash)
-            except (TransactionNotFound, TransactionIndexingInProgress):
-                pass
-            except (*_NO_ANSWER, Web3RPCError) as exc:
-                failure = exc
-            if time.monotonic() >= deadline:
-                why = f"the last poll failed: {failure}" if failure else "not mined yet"
-                raise ChainError(
-                    f"transaction 0x{tx_hash.hex()} was sent but has no receipt after {self._receipt_timeout:.0f} s "
-                    f"({why}); it may still be mined: look it up before sending it again"
-                )
-            time.sleep(self._poll_interval)
+        return wait_receipt(self._w3, tx_hash, self._receipt_timeout, self._poll_interval)
 
     def _failure(self, fn: ContractFunction, params: dict[str, Any], receipt: TxReceipt) -> ChainError:
         """Why a mined transaction reverted: replays it as a call on the state it ran against."""

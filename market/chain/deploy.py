@@ -13,12 +13,13 @@ import logging
 from typing import Any
 
 from eth_utils import to_checksum_address
-from web3 import HTTPProvider, Web3
+from web3 import Web3
 from web3.types import TxReceipt
 
 from market.chain.artifacts import load_artifact
 from market.chain.errors import RevertDecoder, translate_errors
 from market.chain.params import ETHER, MarketParams
+from market.chain.sending import send_raw, wait_receipt, web3_for
 from market.chain.signer import Signer
 from market.errors import ChainError, MarketConfigError
 from market.types import Deployment
@@ -72,11 +73,9 @@ class _Deployer:
             tx = fn.build_transaction(
                 {**params, "nonce": self.nonce, "gas": gas * 5 // 4, "chainId": self.chain_id, **self._fees()}
             )
-            tx_hash = self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx))
+            tx_hash = send_raw(self.w3, self.account.sign_transaction(tx))
             self.nonce += 1
-            receipt = self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self.receipt_timeout, poll_latency=0.1
-            )
+            receipt = wait_receipt(self.w3, tx_hash, self.receipt_timeout, 0.1)
         if receipt["status"] != 1:
             raise ChainError(f"deploying the market failed at {what}: transaction {tx_hash.hex()} reverted")
         log.info(
@@ -104,7 +103,7 @@ def deploy_market(
     """Deploys the three contracts from `account` with `params` and wires them; returns the Deployment."""
     if not rpc_url.startswith(("http://", "https://")):
         raise MarketConfigError(f"the RPC URL must be http(s)://..., got {rpc_url!r}")
-    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": rpc_timeout}))
+    w3 = web3_for(rpc_url, rpc_timeout)
     with translate_errors():
         chain_id = w3.eth.chain_id
         balance = w3.eth.get_balance(account.address)
