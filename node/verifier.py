@@ -34,6 +34,11 @@ the commit transaction is sent, so a verifier that crashes and restarts reveals 
 (a lost salt would forfeit the vote). A lock file keeps two processes off one state directory, and the
 state is bound to one chain, dispute manager and verifier address.
 
+A vote on chain is not final either: a reorg can drop the commit or the reveal transaction. So every
+`recheck_s` while a period is open, a committed vote is looked up (`commitmentOf`) and committed again (same
+vote, same salt) if it is gone, and a revealed one is revealed again, which the contract refuses
+(`DisputeAlreadyRevealed`, at the cost of a gas estimate, no transaction) unless the reveal was dropped.
+
 One bad dispute never stops the loop: its failure is logged and counted, and after `max_failures` it is
 given up (still resolved when due). A slow one never holds the others up: under `run()` each dispute moves
 in its own task (at most `max_concurrent` at once), so a fetch waiting for its timeouts delays neither the
@@ -59,6 +64,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -417,10 +423,13 @@ class VerifierConfig:
     auto_claim: bool = True
     max_failures: int = 5
     max_concurrent: int = 4  # disputes worked on at once
+    recheck_s: float = 30.0  # how often a committed or revealed vote is checked to still be on chain (reorgs)
     start_block: int | None = None  # first block to scan on a fresh state (default: the deployment's block)
     unsafe_lie: bool = False  # flips every vote; tests and demos only
 
     def __post_init__(self) -> None:
+        if isinstance(self.recheck_s, bool) or not isinstance(self.recheck_s, (int, float)) or not 0 <= self.recheck_s < math.inf:
+            raise MarketConfigError(f"recheck_s must be a finite number of seconds >= 0, got {self.recheck_s!r}")
         for name in ("poll_interval", "evidence_timeout", "model_timeout", "retry_pause"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -490,6 +499,7 @@ class Verifier:
         self.stats = _Stats()
         self._claim_due = True  # look at the claimable rewards on the first poll (a restart may have left some)
         self._busy: set[int] = set()  # disputes being moved forward now
+        self._rechecked: dict[int, float] = {}  # dispute id -> when its vote was last checked on chain
         self._workers: trio.Nursery | None = None  # run()'s nursery: there, each dispute moves in its own task
         if self.config.unsafe_lie:
             logger.warning("UNSAFE: this verifier lies on every vote (--unsafe-lie); tests and demos only")
@@ -609,6 +619,8 @@ class Verifier:
             await self._commit(record, now)
         if record.phase is Phase.COMMITTED:
             await self._reveal(record, now)
+        elif record.phase is Phase.REVEALED and now < record.reveal_ends and self._recheck_due(record):
+            await self._reveal_again(record)
         if record.phase in (Phase.REVEALED, Phase.WAITING, Phase.FAILED) and now >= record.reveal_ends:
             await self._resolve(record)
 
@@ -665,8 +677,13 @@ class Verifier:
             await self._call(self.chain.commit_vote, record.dispute_id, commitment)
         except ContractRevertError as exc:
             name = _revert_name(exc)
-            if name in ("DisputeAlreadyCommitted", "DisputeCommitClosed"):
-                # A previous run may have committed just before it stopped: the chain knows.
+            if name == "DisputeAlreadyCommitted":
+                # A previous run committed just before it stopped, or a commit thought dropped was only late
+                # on a lagging RPC: this vote (its salt was on disk first) is the only one ever committed.
+                record.phase = Phase.COMMITTED
+                self._rechecked[record.dispute_id] = time.monotonic()
+                return
+            if name == "DisputeCommitClosed":
                 await self._adopt_commit(record, commitment, f"commit refused ({name})")
                 return
             if name in ("DisputeNotVerifier", "DisputeExpertCannotVote", "DisputeVotersFull"):
@@ -675,6 +692,7 @@ class Verifier:
             raise
         record.phase = Phase.COMMITTED
         self.stats.committed += 1
+        self._rechecked[record.dispute_id] = time.monotonic()
         logger.info("dispute %d: vote committed", record.dispute_id)
 
     async def _adopt_commit(self, record: DisputeRecord, commitment: bytes, why: str) -> None:
@@ -686,8 +704,41 @@ class Verifier:
         record.phase, record.reason = Phase.WAITING, f"{why}; no vote of this verifier is on chain"
         logger.warning("dispute %d: %s", record.dispute_id, record.reason)
 
+    def _recheck_due(self, record: DisputeRecord) -> bool:
+        now = time.monotonic()
+        if now - self._rechecked.get(record.dispute_id, -math.inf) < self.config.recheck_s:
+            return False
+        self._rechecked[record.dispute_id] = now
+        return True
+
+    async def _commit_still_there(self, record: DisputeRecord) -> None:
+        """A reorg may have dropped the commit: commit the same vote again while the period is open."""
+        on_chain = await self._call(self.chain.commitment_of, record.dispute_id, self.address)
+        if on_chain != self._commitment(record):
+            logger.warning("dispute %d: the vote's commitment is no longer on chain (a reorg?); committing it again",
+                           record.dispute_id)  # fmt: skip
+            record.phase = Phase.DECIDED  # the next step commits it again, same vote and salt
+
+    async def _reveal_again(self, record: DisputeRecord) -> None:
+        """A reorg may have dropped the reveal: the contract refuses a second one unless it did."""
+        assert record.guilty is not None and record.salt is not None
+        try:
+            await self._call(self.chain.reveal_vote, record.dispute_id, record.guilty, record.salt)
+        except ContractRevertError as exc:
+            name = _revert_name(exc)
+            if name in ("DisputeAlreadyRevealed", "DisputeRevealClosed"):
+                return
+            if name == "DisputeNoCommit":  # the commit was dropped too, and its period is over
+                record.phase, record.reason = Phase.WAITING, "the vote was dropped from the chain after the commit period"
+                logger.warning("dispute %d: %s", record.dispute_id, record.reason)
+                return
+            raise
+        logger.warning("dispute %d: the reveal was no longer on chain (a reorg?); revealed it again", record.dispute_id)
+
     async def _reveal(self, record: DisputeRecord, now: int) -> None:
         if now < record.commit_ends:
+            if self._recheck_due(record):
+                await self._commit_still_there(record)
             return
         if now >= record.reveal_ends:
             record.phase, record.reason = Phase.WAITING, "the reveal period ended before the vote was revealed"
@@ -710,6 +761,7 @@ class Verifier:
             raise
         record.phase = Phase.REVEALED
         self.stats.revealed += 1
+        self._rechecked[record.dispute_id] = time.monotonic()
         logger.info("dispute %d: vote revealed (%s)", record.dispute_id, "guilty" if record.guilty else "innocent")
 
     async def _resolve(self, record: DisputeRecord) -> None:

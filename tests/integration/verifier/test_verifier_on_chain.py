@@ -180,3 +180,87 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
             assert sum(v.stats.claimed_wei for v in again) > 0
 
     trio.run(main)
+
+
+def test_votes_a_reorg_drops_are_committed_and_revealed_again(devnet: Devnet, tmp_path: Path) -> None:
+    """The reorgs are anvil's evm_revert to a snapshot taken before the commit, then before the reveal: the
+    blocks holding them are gone. Both verifiers' votes are needed for the quorum (2 ETH)."""
+    from market.chain.devnet import rpc_request
+
+    deployment = devnet.deployment
+    assert deployment is not None
+
+    def chain(signer: LocalSigner | None) -> MarketChain:
+        return MarketChain(deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
+
+    # THROWAWAY TEST KEYS: anvil accounts 5 (operator), 6 (challenger), 7 and 8 (verifiers).
+    operator, challenger = chain(throwaway_signer(5)), chain(throwaway_signer(6))
+    voters = [chain(throwaway_signer(7)), chain(throwaway_signer(8))]
+    reader = chain(None)
+    hot = LocalSigner.generate()
+    receipts = hot.receipt_signer(deployment.chain_id, deployment.disputes)
+    for v in voters:
+        v.register_verifier(ETHER)
+    _, orphan_model = packed(tmp_path, 2)  # served by nobody: guilty
+    evidence = EvidenceStore(tmp_path / "evidence")
+    config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=5, fetch_attempts=1, recheck_s=0)
+
+    def snapshot() -> str:
+        return rpc_request(devnet.rpc_url, "evm_snapshot")
+
+    def reorg(to: str) -> None:
+        assert rpc_request(devnet.rpc_url, "evm_revert", [to])
+
+    async def main() -> None:
+        async with open_host() as challenger_host, open_host() as node, open_host() as h0, open_host() as h1:
+            serve_evidence(challenger_host, evidence)
+
+            def setup() -> int:
+                endpoint = [a.split("/p2p/")[0] for a in node.listen_addrs]
+                expert = operator.register_expert(
+                    hot.address, orphan_model, capability_id("tiny-mlp"), 10**12, node.identity.public_key_bytes,
+                    endpoint, ETHER,
+                )  # fmt: skip
+                in_specs, in_payload = encode_tensors({"x": torch.rand(2, 8)})
+                out_specs, out_payload = encode_tensors({"y": torch.zeros(2, 3)})
+                receipt = Receipt(expert, orphan_model, new_request_id(), evidence.put_encoded(in_specs, in_payload),
+                                  evidence.put_encoded(out_specs, out_payload), 10**12)  # fmt: skip
+                return challenger.open_dispute(receipts.sign(receipt), challenger_host.listen_addrs[0])
+
+            dispute_id = await trio.to_thread.run_sync(setup)
+            verifiers = [
+                Verifier(voters[i], [h0, h1][i], ModelStore(tmp_path / f"m{i}"), tmp_path / f"s{i}", config)
+                for i in range(2)
+            ]
+
+            def committed() -> list[bool]:
+                return [reader.commitment_of(dispute_id, v.address) != bytes(32) for v in voters]
+
+            before_commit = await trio.to_thread.run_sync(snapshot)
+            for v in verifiers:
+                await v.poll_once()
+            assert committed() == [True, True]
+            await trio.to_thread.run_sync(reorg, before_commit)
+            assert committed() == [False, False]
+            for v in verifiers:  # the re-check finds the commit gone; the next step commits it again
+                await v.poll_once()
+                await v.poll_once()
+            assert committed() == [True, True]
+
+            await trio.to_thread.run_sync(reader.increase_time, COMMIT + 1)
+            before_reveal = await trio.to_thread.run_sync(snapshot)
+            for v in verifiers:
+                await v.poll_once()
+            assert reader.get_dispute(dispute_id).guilty_stake == 2 * ETHER
+            await trio.to_thread.run_sync(reorg, before_reveal)
+            assert reader.get_dispute(dispute_id).guilty_stake == 0
+            for v in verifiers:  # revealed again
+                await v.poll_once()
+            assert reader.get_dispute(dispute_id).guilty_stake == 2 * ETHER
+
+            await trio.to_thread.run_sync(reader.increase_time, REVEAL + 1)
+            for v in verifiers:
+                await v.poll_once()
+            assert reader.get_dispute(dispute_id).status == DisputeStatus.GUILTY
+
+    trio.run(main)
