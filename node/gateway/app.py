@@ -47,7 +47,8 @@ from market.errors import (
     VerificationError,
 )
 from node.gateway.bridge import MarketBackend, UnknownModelError, decode_inputs, parse_model_hash
-from node.gateway.guard import AccessPolicy, Denied
+from node.gateway.errors import ApiError, error_response
+from node.gateway.guard import AccessPolicy
 from node.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 
 __all__ = ["ERROR_STATUS", "ApiError", "Gateway", "GatewayConfig", "create_app", "error_for"]
@@ -119,24 +120,6 @@ class GatewayConfig:
 
     def access_policy(self) -> AccessPolicy:
         return AccessPolicy.for_listener(self.host, self.allowed_hosts, self.api_token)
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine-readable code and a message for humans."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, self.headers)
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 def error_for(exc: BaseException) -> tuple[int, str]:
@@ -247,8 +230,6 @@ async def _middleware(request: web.Request, handler: Callable[[web.Request], Awa
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
-    except Denied as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -30,24 +30,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from market.errors import MarketConfigError
+from node.gateway.errors import ApiError
 
-__all__ = ["LOOPBACK_NAMES", "MIN_TOKEN_CHARS", "AccessPolicy", "Denied", "host_name", "is_loopback"]
+__all__ = ["LOOPBACK_NAMES", "MIN_TOKEN_CHARS", "AccessPolicy", "host_name", "is_loopback"]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MIN_TOKEN_CHARS = 16
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_TYPES = frozenset({"application/json"})
-
-
-class Denied(Exception):
-    """A request the guard refuses: HTTP status, API error code, message and extra headers."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 def is_loopback(host: str) -> bool:
@@ -97,10 +87,10 @@ class AccessPolicy:
         return cls(extra or None, token)
 
     def check(self, request: web.Request, spends: bool) -> None:
-        """Raises `Denied` if `request` may not proceed; `spends`: the route spends the client's deposit."""
+        """Raises `ApiError` if `request` may not proceed; `spends`: the route spends the client's deposit."""
         host_header = request.headers.get("Host", "")
         if self.allowed_hosts is not None and host_name(host_header) not in self.allowed_hosts:
-            raise Denied(
+            raise ApiError(
                 403, "host_not_allowed",
                 f"this gateway does not answer to the host {host_header[:100]!r} (a guard against DNS rebinding); "
                 f"it answers to {', '.join(sorted(self.allowed_hosts))}: start it with --allowed-host NAME to add one",
@@ -108,18 +98,18 @@ class AccessPolicy:
         if request.method not in _SAFE_METHODS:
             origin = request.headers.get("Origin")
             if origin is not None and not _same_origin(origin, host_header):
-                raise Denied(403, "cross_origin",
+                raise ApiError(403, "cross_origin",
                              f"a request from the web page at {origin[:100]!r} may not write to this gateway "
                              "(only pages it serves itself may)")
         if not spends:
             return
         if request.content_type not in _JSON_TYPES:
-            raise Denied(415, "unsupported_media_type",
+            raise ApiError(415, "unsupported_media_type",
                          f"the body must be sent as Content-Type: application/json, not {request.content_type!r}")
         if self.token is not None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                raise Denied(401, "unauthorized",
+                raise ApiError(401, "unauthorized",
                              "this gateway needs the header Authorization: Bearer <its API token>",
                              {"WWW-Authenticate": 'Bearer realm="moe-gateway"'})
 

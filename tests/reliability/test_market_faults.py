@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import torch
 import trio
-from market_harness import digits_bundle
+from market_harness import digits_bundle, ledger_holdings
 from reliability_rows import Row, money_row
 
 from market.chain.eip712 import VoucherSigner
@@ -52,8 +52,7 @@ from market.protocol.messages import (
     encode_body,
 )
 from market.transport import open_host
-from node.app import LEDGER_FILE, NodeConfig
-from node.ledger import VoucherLedger
+from node.app import NodeConfig
 from node.localnet import LocalMarket, NodeSpec
 from node.redeemer import RedeemPolicy
 
@@ -125,13 +124,6 @@ def settle(market: LocalMarket, client: str, *, graceful: bool) -> tuple[dict[in
         time.sleep(0.3)
 
 
-def ledger_holdings(market: LocalMarket, client: str) -> dict[int, int]:
-    deployment = market.devnet.deployment
-    out: dict[int, int] = {}
-    for node in market.nodes.values():
-        with VoucherLedger(node.home / LEDGER_FILE, escrow=deployment.escrow, chain_id=deployment.chain_id) as ledger:
-            out.update({eid: ledger.last_cumulative(client, eid) for eid in node.expert_ids})
-    return out
 
 
 # ---- 1. an expert node SIGKILLed mid-load, failover, restart ---------------------------------------------

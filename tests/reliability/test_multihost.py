@@ -52,14 +52,13 @@ from typing import Any
 
 import netlab
 import pytest
-from market_harness import digits_bundle
+from market_harness import digits_bundle, ledger_holdings
 from netlab import NetLab, netns_available
 from reliability_rows import Row, money_row
 
 from market.models.digits import load_digits_gate
 from market.types import DisputeStatus
-from node.app import LEDGER_FILE, NodeConfig
-from node.ledger import VoucherLedger
+from node.app import NodeConfig
 from node.localnet import LocalMarket, NodeSpec
 from node.redeemer import RedeemPolicy
 
@@ -340,15 +339,6 @@ def all_down_windows(lab: NetLab, experts: list[str]) -> list[tuple[float, float
 # ---- the money ------------------------------------------------------------------------------------------
 
 
-def ledger_holdings(market: LocalMarket, client: str) -> dict[int, int]:
-    deployment = market.devnet.deployment
-    out: dict[int, int] = {}
-    for node in market.nodes.values():
-        with VoucherLedger(
-            node.home / LEDGER_FILE, escrow=deployment.escrow, chain_id=deployment.chain_id
-        ) as ledger:
-            out.update({eid: ledger.last_cumulative(client, eid) for eid in node.expert_ids})
-    return out
 
 
 def settle(hosts: Hosts, client: str, row: Row) -> tuple[dict[int, int], dict[int, int]]:

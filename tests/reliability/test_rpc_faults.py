@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from market_harness import digits_bundle
+from market_harness import digits_bundle, ledger_holdings
 from reliability_rows import Row, money_row
 from rpc_fault_proxy import FaultPlan, RpcFaultProxy
 
@@ -30,8 +30,7 @@ from market.chain.deployment import save_deployment
 from market.client import Client, ClientConfig
 from market.errors import MarketError
 from market.models.digits import load_digits_gate
-from node.app import LEDGER_FILE, NodeConfig
-from node.ledger import VoucherLedger
+from node.app import NodeConfig
 from node.localnet import LocalMarket, NodeSpec
 from node.redeemer import RedeemPolicy
 
@@ -84,13 +83,6 @@ def flaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlakyMarket]:
         proxy.stop()
 
 
-def held_by_nodes(market: LocalMarket, client: str) -> dict[int, int]:
-    d = market.devnet.deployment
-    out: dict[int, int] = {}
-    for node in market.nodes.values():
-        with VoucherLedger(node.home / LEDGER_FILE, escrow=d.escrow, chain_id=d.chain_id) as ledger:
-            out.update({eid: ledger.last_cumulative(client, eid) for eid in node.expert_ids})
-    return out
 
 
 def wait_redeemed(market: LocalMarket, client: str, seconds: float) -> tuple[dict[int, int], dict[int, int], bool]:
@@ -98,7 +90,7 @@ def wait_redeemed(market: LocalMarket, client: str, seconds: float) -> tuple[dic
     chain = market.chain()
     deadline = time.monotonic() + seconds
     while True:
-        held = held_by_nodes(market, client)
+        held = ledger_holdings(market, client)
         redeemed = {eid: chain.redeemed(client, eid) for eid in held}
         if redeemed == held or time.monotonic() > deadline:
             return held, redeemed, redeemed == held

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 
 from market.chain.contracts import MarketChain, capability_id
 from market.chain.devnet import Devnet, throwaway_signer
+from market.chain.eip712 import ReceiptSigner
 from market.chain.params import MarketParams
 from market.chain.signer import LocalSigner
 from market.errors import RemoteError
@@ -79,21 +81,39 @@ def model_handler(store: ModelStore) -> Any:
     return on_model
 
 
+@dataclass
+class Roles:
+    """The market's actors for one test, on THROWAWAY TEST KEYS (anvil accounts `first` to `first` + 3):
+    an operator, a challenger, two registered verifiers of 1 ETH, a reader and the node's receipt signer."""
+
+    operator: MarketChain
+    challenger: MarketChain
+    voters: list[MarketChain]
+    reader: MarketChain
+    receipts: ReceiptSigner
+
+    @classmethod
+    def on(cls, devnet: Devnet, first: int) -> Roles:
+        deployment = devnet.deployment
+        assert deployment is not None
+
+        def chain(signer: LocalSigner | None) -> MarketChain:
+            return MarketChain(deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
+
+        voters = [chain(throwaway_signer(first + 2)), chain(throwaway_signer(first + 3))]
+        for v in voters:
+            v.register_verifier(ETHER)
+        hot = LocalSigner.generate()
+        return cls(chain(throwaway_signer(first)), chain(throwaway_signer(first + 1)), voters, chain(None),
+                   hot.receipt_signer(deployment.chain_id, deployment.disputes))  # fmt: skip
+
+
 def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet, tmp_path: Path) -> None:
-    deployment = devnet.deployment
-    assert deployment is not None
-
-    def chain(signer: LocalSigner | None) -> MarketChain:
-        return MarketChain(deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
-
-    # THROWAWAY TEST KEYS: anvil accounts 1 (operator), 2 (challenger), 3 and 4 (verifiers).
-    operator, challenger = chain(throwaway_signer(1)), chain(throwaway_signer(2))
-    voters = [chain(throwaway_signer(3)), chain(throwaway_signer(4))]
-    reader = chain(None)
-    hot = LocalSigner.generate()
-    receipts = hot.receipt_signer(deployment.chain_id, deployment.disputes)
-    for v in voters:
-        v.register_verifier(ETHER)
+    roles = Roles.on(devnet, 1)
+    operator, challenger, voters, reader, receipts = (
+        roles.operator, roles.challenger, roles.voters, roles.reader, roles.receipts
+    )
+    hot_address = receipts.address
 
     served, shared_model = packed(tmp_path, 0)  # served by a second expert only
     _, orphan_model = packed(tmp_path, 1)  # served by nobody
@@ -114,7 +134,7 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
             def register(node: Any, model_hash: bytes) -> int:
                 endpoint = [a.split("/p2p/")[0] for a in node.listen_addrs]
                 return operator.register_expert(
-                    hot.address, model_hash, capability_id("tiny-mlp"), 10**12,
+                    hot_address, model_hash, capability_id("tiny-mlp"), 10**12,
                     node.identity.public_key_bytes, endpoint, ETHER,
                 )  # fmt: skip
 
@@ -187,20 +207,11 @@ def test_votes_a_reorg_drops_are_committed_and_revealed_again(devnet: Devnet, tm
     blocks holding them are gone. Both verifiers' votes are needed for the quorum (2 ETH)."""
     from market.chain.devnet import rpc_request
 
-    deployment = devnet.deployment
-    assert deployment is not None
-
-    def chain(signer: LocalSigner | None) -> MarketChain:
-        return MarketChain(deployment, signer, receipt_timeout=30.0, poll_interval=0.02)
-
-    # THROWAWAY TEST KEYS: anvil accounts 5 (operator), 6 (challenger), 7 and 8 (verifiers).
-    operator, challenger = chain(throwaway_signer(5)), chain(throwaway_signer(6))
-    voters = [chain(throwaway_signer(7)), chain(throwaway_signer(8))]
-    reader = chain(None)
-    hot = LocalSigner.generate()
-    receipts = hot.receipt_signer(deployment.chain_id, deployment.disputes)
-    for v in voters:
-        v.register_verifier(ETHER)
+    roles = Roles.on(devnet, 5)
+    operator, challenger, voters, reader, receipts = (
+        roles.operator, roles.challenger, roles.voters, roles.reader, roles.receipts
+    )
+    hot_address = receipts.address
     _, orphan_model = packed(tmp_path, 2)  # served by nobody: guilty
     evidence = EvidenceStore(tmp_path / "evidence")
     config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=5, fetch_attempts=1, recheck_s=0)
@@ -218,7 +229,7 @@ def test_votes_a_reorg_drops_are_committed_and_revealed_again(devnet: Devnet, tm
             def setup() -> int:
                 endpoint = [a.split("/p2p/")[0] for a in node.listen_addrs]
                 expert = operator.register_expert(
-                    hot.address, orphan_model, capability_id("tiny-mlp"), 10**12, node.identity.public_key_bytes,
+                    hot_address, orphan_model, capability_id("tiny-mlp"), 10**12, node.identity.public_key_bytes,
                     endpoint, ETHER,
                 )  # fmt: skip
                 in_specs, in_payload = encode_tensors({"x": torch.rand(2, 8)})
