@@ -13,7 +13,10 @@ operator of the accused expert), the verifier
    the commit period, reveals during the reveal period, resolves the dispute once the reveal period is over
    if nobody did yet (anyone may), and claims its rewards.
 
-The voting rules (`decide_vote`, also in docs/security.md):
+The voting rules (`decide_vote`, also in docs/security.md); the two "unavailable" rules vote only once the
+party had its chance: until `unavailable_grace` of the commit period left at first sight has passed, the
+verifier asks again every `unavailable_retry_s` (a challenger or an expert node restarting, or briefly
+unreachable, is not judged on that), and decides on the merits as soon as the evidence and model arrive:
 
 - evidence unavailable, or not matching its hash                     -> innocent: the challenger must substantiate
 - the model is unavailable from every node registered to serve it    -> guilty: an expert must serve the model
@@ -228,6 +231,7 @@ class DisputeRecord:
     last_error: str = ""
     outcome: str = ""
     resolved_by_me: bool = False
+    first_seen: int = 0  # chain time of the first evaluation (0: not yet)
 
     @classmethod
     def from_event(cls, event: DisputeOpenedEvent) -> DisputeRecord:
@@ -424,13 +428,18 @@ class VerifierConfig:
     max_failures: int = 5
     max_concurrent: int = 4  # disputes worked on at once
     recheck_s: float = 30.0  # how often a committed or revealed vote is checked to still be on chain (reorgs)
+    unavailable_grace: float = 0.5  # share of the commit period an unavailable challenger or model gets
+    unavailable_retry_s: float = 60.0  # at most this long between two tries meanwhile (chain time)
     start_block: int | None = None  # first block to scan on a fresh state (default: the deployment's block)
     unsafe_lie: bool = False  # flips every vote; tests and demos only
 
     def __post_init__(self) -> None:
         if isinstance(self.recheck_s, bool) or not isinstance(self.recheck_s, (int, float)) or not 0 <= self.recheck_s < math.inf:
             raise MarketConfigError(f"recheck_s must be a finite number of seconds >= 0, got {self.recheck_s!r}")
-        for name in ("poll_interval", "evidence_timeout", "model_timeout", "retry_pause"):
+        if isinstance(self.unavailable_grace, bool) or not isinstance(self.unavailable_grace, (int, float)) \
+                or not 0 <= self.unavailable_grace < 1:
+            raise MarketConfigError(f"unavailable_grace must be a share from 0 to below 1, got {self.unavailable_grace!r}")
+        for name in ("poll_interval", "evidence_timeout", "model_timeout", "retry_pause", "unavailable_retry_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise MarketConfigError(f"{name} must be a positive finite number of seconds, got {value!r}")
@@ -500,6 +509,7 @@ class Verifier:
         self._claim_due = True  # look at the claimable rewards on the first poll (a restart may have left some)
         self._busy: set[int] = set()  # disputes being moved forward now
         self._rechecked: dict[int, float] = {}  # dispute id -> when its vote was last checked on chain
+        self._ask_again_at: dict[int, int] = {}  # dispute id -> chain time of the next try (unavailable party)
         self._workers: trio.Nursery | None = None  # run()'s nursery: there, each dispute moves in its own task
         if self.config.unsafe_lie:
             logger.warning("UNSAFE: this verifier lies on every vote (--unsafe-lie); tests and demos only")
@@ -641,12 +651,23 @@ class Verifier:
         if now >= record.commit_ends:
             record.phase, record.reason = Phase.WAITING, "the commit period was over when the dispute was seen"
             return
+        if now < self._ask_again_at.get(record.dispute_id, 0):
+            return
+        if not record.first_seen:
+            record.first_seen = now
         why_not = await self.eligibility(record)
         if why_not is not None:
             record.phase, record.reason = Phase.WAITING, f"not voting: {why_not}"
             logger.info("dispute %d: %s", record.dispute_id, record.reason)
             return
         decision = await self._evaluator(record)
+        last_chance = record.first_seen + int(self.config.unavailable_grace * (record.commit_ends - record.first_seen))
+        if decision.rule in (Rule.EVIDENCE_UNAVAILABLE, Rule.MODEL_UNAVAILABLE) and now < last_chance:
+            wait = max(1, min(int(self.config.unavailable_retry_s), (last_chance - now) // 3))
+            self._ask_again_at[record.dispute_id] = now + wait
+            record.rule, record.reason = str(decision.rule), f"{decision.reason}; asking again until chain time {last_chance}"
+            logger.info("dispute %d: %s", record.dispute_id, record.reason)
+            return
         if self.config.unsafe_lie:
             decision = decision.unsafe_flipped()
         record.rule, record.reason = str(decision.rule), decision.reason

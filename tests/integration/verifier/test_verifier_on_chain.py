@@ -118,6 +118,7 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
     served, shared_model = packed(tmp_path, 0)  # served by a second expert only
     _, orphan_model = packed(tmp_path, 1)  # served by nobody
     evidence = EvidenceStore(tmp_path / "evidence")
+    late = EvidenceStore(tmp_path / "late-evidence")  # not served until the challenger "comes back"
     x = {"x": torch.rand(2, 8)}
     honest_y = served.get(shared_model)(x)
     config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=20, fetch_attempts=1, threads=2)
@@ -138,11 +139,12 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
                     node.identity.public_key_bytes, endpoint, ETHER,
                 )  # fmt: skip
 
-            def open_dispute(expert_id: int, model_hash: bytes, inputs: dict, outputs: dict, keep: bool) -> int:
+            def open_dispute(expert_id: int, model_hash: bytes, inputs: dict, outputs: dict, keep: bool,
+                             store: EvidenceStore = evidence) -> int:
                 in_specs, in_payload = encode_tensors(inputs)
                 out_specs, out_payload = encode_tensors(outputs)
-                in_hash = evidence.put_encoded(in_specs, in_payload) if keep else bytes(32)
-                out_hash = evidence.put_encoded(out_specs, out_payload) if keep else b"\x01" * 32
+                in_hash = store.put_encoded(in_specs, in_payload) if keep else bytes(32)
+                out_hash = store.put_encoded(out_specs, out_payload) if keep else b"\x01" * 32
                 receipt = Receipt(expert_id, model_hash, new_request_id(), in_hash, out_hash, 10**12)
                 return challenger.open_dispute(receipts.sign(receipt), challenger_host.listen_addrs[0])
 
@@ -155,8 +157,11 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
                     "fallback": open_dispute(lazy_shared, shared_model, x, honest_y, keep=True),
                     # nobody serves the model the expert registered: guilty
                     "no-model": open_dispute(lazy_orphan, orphan_model, x, {"y": torch.zeros(2, 3)}, keep=True),
-                    # the challenger does not serve its evidence: innocent
+                    # the challenger does not serve its evidence: innocent, once it had its chance
                     "no-evidence": open_dispute(lazy_shared, shared_model, x, honest_y, keep=False),
+                    # the challenger serves its evidence only after the first try: judged on the merits
+                    "late-evidence": open_dispute(lazy_shared, shared_model, x, {"y": honest_y["y"] + 1}, keep=True,
+                                                  store=late),
                 }
 
             ids = await trio.to_thread.run_sync(setup)
@@ -168,13 +173,26 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
             first = [verifier(0), verifier(1)]
             for v in first:
                 await v.poll_once()
-            for name, dispute_id in ids.items():
-                for v in voters:
-                    assert reader.commitment_of(dispute_id, v.address) != bytes(32), name
+
+            def committed() -> dict[str, list[bool]]:
+                return {name: [reader.commitment_of(d, v.address) != bytes(32) for v in voters] for name, d in ids.items()}
+
+            # Only the dispute with everything at hand is voted at once; an unavailable party gets until half
+            # of the commit period before the "unavailable" rules vote.
+            assert committed() == {"fallback": [True, True], "no-model": [False, False], "no-evidence": [False, False],
+                                   "late-evidence": [False, False]}  # fmt: skip
+            assert all(first[0].state.disputes[ids[n]].phase is Phase.NEW for n in ("no-model", "no-evidence"))
+            assert "asking again" in first[0].state.disputes[ids["no-evidence"]].reason
+            for d in late.hashes():
+                evidence.put_encoded(*late.get(d))  # the challenger is back with its evidence
+            await trio.to_thread.run_sync(reader.increase_time, COMMIT // 2 + 1)
+            for v in first:
+                await v.poll_once()
+            assert all(all(votes) for votes in committed().values())
             rules = {name: first[0].state.disputes[d].rule for name, d in ids.items()}
             assert rules == {
                 "fallback": Rule.OUTPUTS_MATCH, "no-model": Rule.MODEL_UNAVAILABLE,
-                "no-evidence": Rule.EVIDENCE_UNAVAILABLE,
+                "no-evidence": Rule.EVIDENCE_UNAVAILABLE, "late-evidence": Rule.OUTPUTS_DIFFER,
             }  # fmt: skip
             assert (tmp_path / "models0" / shared_model.hex()).is_dir()  # fetched from the other node
 
@@ -191,7 +209,7 @@ def test_verifiers_judge_disputes_on_chain_and_survive_a_restart(devnet: Devnet,
             outcome = {name: reader.get_dispute(d).status for name, d in ids.items()}
             assert outcome == {
                 "fallback": DisputeStatus.INNOCENT, "no-model": DisputeStatus.GUILTY,
-                "no-evidence": DisputeStatus.INNOCENT,
+                "no-evidence": DisputeStatus.INNOCENT, "late-evidence": DisputeStatus.GUILTY,
             }  # fmt: skip
             assert all(r.phase is Phase.DONE for v in again for r in v.state.disputes.values())
             assert sum(r.resolved_by_me for v in again for r in v.state.disputes.values()) == len(ids)
@@ -214,7 +232,8 @@ def test_votes_a_reorg_drops_are_committed_and_revealed_again(devnet: Devnet, tm
     hot_address = receipts.address
     _, orphan_model = packed(tmp_path, 2)  # served by nobody: guilty
     evidence = EvidenceStore(tmp_path / "evidence")
-    config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=5, fetch_attempts=1, recheck_s=0)
+    config = VerifierConfig(poll_interval=0.1, evidence_timeout=5, model_timeout=5, fetch_attempts=1, recheck_s=0,
+                            unavailable_grace=0)  # the orphan model is voted on at once
 
     def snapshot() -> str:
         return rpc_request(devnet.rpc_url, "evm_snapshot")
