@@ -612,19 +612,19 @@ class VoucherLedger:
             self._forget_history(c, key, eid, amount)
             self._adopt_unknown_payment(c, key, eid, amount)
 
-    def recently_redeemed(self, within_s: float, settled_s: float = 0.0) -> list[tuple[str, int, int]]:
-        """(client, expert_id, redeemed) of every pair whose redeemed amount was recorded between `within_s`
-        and `settled_s` seconds ago: the redemptions a reorg could still take back (node.redeemer checks them
-        against the chain again)."""
+    def recently_redeemed(self, within_s: float, settled_s: float = 0.0) -> list[tuple[str, int, int, str | None]]:
+        """(client, expert_id, redeemed, the redemption's transaction hash or None) of every pair whose redeemed
+        amount was recorded between `within_s` and `settled_s` seconds ago: the redemptions a reorg could still
+        take back (node.redeemer checks them against the chain again)."""
         now = self._clock()
         with self._read() as c:
             rows = c.execute(
-                """SELECT client, expert_id, redeemed FROM redemptions
+                """SELECT client, expert_id, redeemed, redeemed_tx FROM redemptions
                    WHERE updated_at >= ? AND updated_at <= ? AND redeemed > zeroblob(32)
                    ORDER BY updated_at""",
                 (now - within_s, now - settled_s),
             ).fetchall()
-        return [(client, int(eid), _dec(red)) for client, eid, red in rows]
+        return [(client, int(eid), _dec(red), tx) for client, eid, red, tx in rows]
 
     def pending(self) -> list[PendingRedemption]:
         """Redemptions sent and not yet confirmed or failed: after a restart, look each transaction up."""

@@ -86,6 +86,7 @@ class Redeemer:
         self.total_vouchers = 0
         self._round = threading.Lock()  # one round at a time, abandoned ones included
         self._next_recheck = 0.0
+        self._taken_back = False  # a re-check found a redemption gone: the next round redeems at once
         self.total_reorged = 0  # wei a reorg took back and the redeemer redeemed again
 
     def _pending_items(self) -> list[tuple[SignedVoucher, int]]:
@@ -106,10 +107,18 @@ class Redeemer:
             return self._recheck(settled_s=self.policy.recheck_s)
 
     def _recheck(self, settled_s: float) -> int:
+        """One receipt lookup per recent redemption transaction; the pairs of a transaction the chain no longer
+        has (and pairs adopted without one) are read one by one."""
         taken_back = 0
-        for client, expert_id, redeemed in self.ledger.recently_redeemed(self.policy.reorg_window_s, settled_s):
+        standing: dict[str, bool] = {}
+        for client, expert_id, redeemed, tx in self.ledger.recently_redeemed(self.policy.reorg_window_s, settled_s):
             if expert_id not in self.expert_ids:
                 continue
+            if tx is not None:
+                if tx not in standing:
+                    standing[tx] = self.chain.transaction_succeeded(tx)
+                if standing[tx]:
+                    continue
             on_chain = self.chain.redeemed(client, expert_id)
             if on_chain < redeemed:
                 logger.warning(
@@ -119,6 +128,7 @@ class Redeemer:
                 self.ledger.sync_redeemed(client, expert_id, on_chain)
                 taken_back += redeemed - on_chain
         self.total_reorged += taken_back
+        self._taken_back = self._taken_back or taken_back > 0
         return taken_back
 
     def owed(self) -> int:
@@ -145,9 +155,10 @@ class Redeemer:
         if now >= self._next_recheck:
             self._next_recheck = now + self.policy.recheck_s
             try:
-                force = self._recheck(settled_s=self.policy.recheck_s) > 0 or force
+                self._recheck(settled_s=self.policy.recheck_s)
             except MarketError as exc:
                 logger.warning("could not check recent redemptions against the chain: %s", exc)
+        force, self._taken_back = force or self._taken_back, False
         if not force and (now < self._next_try or not self.due(now)):
             return RedeemReport(0, 0, 0, 0)
         items = self._pending_items()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from eth_hash.auto import keccak
 from eth_utils import is_address, to_checksum_address
 from web3.contract.contract import Contract, ContractFunction
-from web3.exceptions import Web3RPCError
+from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -623,6 +623,18 @@ class MarketChain:
         vouchers = [_voucher_tuple(s.voucher) for s in signed]
         signatures = [bytes(s.signature) for s in signed]
         return self._redeemed(self._transact(self.escrow, "redeemMany", vouchers, signatures))
+
+    def transaction_succeeded(self, tx_hash: bytes | str) -> bool:
+        """Whether the chain has a successful receipt for `tx_hash` now (False: unknown, pending or reverted;
+        after a reorg that dropped it, unknown)."""
+        def lookup() -> TxReceipt | None:
+            try:
+                return self._w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                return None
+
+        receipt = self._view(lookup)
+        return receipt is not None and receipt["status"] == 1
 
     def redeemed(self, client: str, expert_id: int) -> int:
         """Wei already paid on `client`'s vouchers to `expert_id`."""

@@ -16,6 +16,7 @@ from node.ledger import LedgerError, PendingRedemption, VoucherLedger, VoucherTo
 
 ALICE = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 BOB = "0x1111111111111111111111111111111111111111"
+CAROL = "0x2222222222222222222222222222222222222222"
 PRICE = 10
 TX1 = b"\x01" * 32
 TX2 = "0x" + "02" * 32
@@ -569,11 +570,14 @@ def test_recently_redeemed_lists_what_a_reorg_could_still_take_back(ledger: Vouc
     clock.now += 100
     ledger.mark_redeemed([b], TX1)
     clock.now += 10
-    assert ledger.recently_redeemed(within_s=200) == [(ALICE, 1, 30), (BOB, 2, 20)]
-    assert ledger.recently_redeemed(within_s=50) == [(BOB, 2, 20)]
-    assert ledger.recently_redeemed(within_s=200, settled_s=50) == [(ALICE, 1, 30)]  # b is too fresh yet
+    tx = "0x" + TX1.hex()
+    assert ledger.recently_redeemed(within_s=200) == [(ALICE, 1, 30, tx), (BOB, 2, 20, tx)]
+    assert ledger.recently_redeemed(within_s=50) == [(BOB, 2, 20, tx)]
+    assert ledger.recently_redeemed(within_s=200, settled_s=50) == [(ALICE, 1, 30, tx)]  # b is too fresh yet
+    ledger.sync_redeemed(CAROL, 4, 7)  # adopted from the chain: no transaction of this ledger's
+    assert ledger.recently_redeemed(within_s=5)[-1] == (CAROL, 4, 7, None)
     ledger.record_voucher(sv(ALICE, 3, 10), 10)  # never redeemed: not listed
-    assert ledger.recently_redeemed(within_s=5) == []
+    assert [r[:2] for r in ledger.recently_redeemed(within_s=5)] == [(CAROL, 4)]
 
 
 def test_a_failed_call_carrying_an_amount_already_held_never_lowers_what_is_held(ledger: VoucherLedger) -> None:

@@ -27,6 +27,8 @@ class ChainStandIn:
     def __init__(self) -> None:
         self.on_chain: dict[tuple[str, int], int] = {}
         self.calls = 0
+        self.mined: set[str] = set()  # transactions the chain has (a reorg removes one)
+        self.reads = {"receipts": 0, "redeemed": 0}
         self._open = threading.Event()
         self._open.set()
 
@@ -38,7 +40,12 @@ class ChainStandIn:
 
     def redeemed(self, client: str, expert_id: int) -> int:
         self._open.wait()
+        self.reads["redeemed"] += 1
         return self.on_chain.get((client.lower(), expert_id), 0)
+
+    def transaction_succeeded(self, tx_hash: str) -> bool:
+        self.reads["receipts"] += 1
+        return tx_hash in self.mined
 
     def redeem_many(self, batch: list[SignedVoucher]) -> SimpleNamespace:
         self.calls += 1
@@ -49,7 +56,9 @@ class ChainStandIn:
             key = (v.client.lower(), v.expert_id)
             paid += v.cumulative_amount - self.on_chain.get(key, 0)
             self.on_chain[key] = v.cumulative_amount
-        return SimpleNamespace(paid=paid, gas_used=21_000, tx=SimpleNamespace(tx_hash=b"\x01" * 32))
+        tx = bytes([self.calls]) * 32
+        self.mined.add("0x" + tx.hex())
+        return SimpleNamespace(paid=paid, gas_used=21_000, tx=SimpleNamespace(tx_hash=tx))
 
 
 def voucher(amount: int, expert_id: int = 1) -> SignedVoucher:
@@ -107,3 +116,23 @@ def test_shutdown_with_a_frozen_chain_is_bounded_and_keeps_the_vouchers(ledger: 
     redeemer.redeem_once(force=True)
     assert chain.on_chain == {(CLIENT.lower(), 1): PRICE}
     assert ledger.unredeemed() == []
+
+
+def test_the_reorg_recheck_costs_one_receipt_lookup_per_transaction(ledger: VoucherLedger) -> None:
+    chain = ChainStandIn()
+    for expert_id in (1, 2, 3):
+        ledger.record_voucher(voucher(PRICE, expert_id), PRICE)
+    redeemer = Redeemer(ledger, chain, [1, 2, 3], RedeemPolicy(threshold_wei=10**18, recheck_s=0.0))
+    assert redeemer.redeem_once(force=True).transactions == 1
+    chain.reads.update(receipts=0, redeemed=0)
+    assert redeemer.recheck_redeemed() == 0
+    assert chain.reads == {"receipts": 1, "redeemed": 0}  # three pairs, one transaction: one lookup
+
+    # A reorg drops the transaction, and with it expert 2's payment (the others were paid again elsewhere).
+    chain.mined.clear()
+    chain.on_chain[(CLIENT.lower(), 2)] = 0
+    assert redeemer.recheck_redeemed() == PRICE
+    assert [(v.voucher.expert_id, red) for v, red in ledger.unredeemed()] == [(2, 0)]
+    report = redeemer.redeem_once()  # the taken-back amount makes the round due at once
+    assert (report.vouchers, report.paid_wei) == (1, PRICE)
+    assert chain.on_chain[(CLIENT.lower(), 2)] == PRICE
