@@ -10,8 +10,9 @@ voucher when a client's balance ran short, and because the chain is the truth af
 transaction and recording it.
 
 A mined redemption is not final until the chain says so: a reorg can drop it, and then the client could
-withdraw money the node believes it holds. So every `recheck_s` (and at start-up) the pairs redeemed within
-`reorg_window_s` are read from the chain again; one the chain now shows less for goes back to unredeemed (its
+withdraw money the node believes it holds. So every `recheck_s` (and at start-up) the redemptions of the last
+`reorg_window_s` are checked again: one receipt lookup per transaction, and the pairs of a transaction the
+chain no longer has are read with `redeemed()`; one the chain now shows less for goes back to unredeemed (its
 latest voucher is still in the ledger, and still good) and is redeemed again at once. `recheck_s` must stay
 well below the escrow's withdrawal delay (600 s on the devnet, days on a public chain), the time a client
 waits before it can take its deposit back: that is the time the node has to redeem again.
