@@ -229,6 +229,7 @@ class Redeemer:
             except ContractRevertError as exc:
                 self.ledger.mark_failed([signed], str(exc))
                 continue
+            self.ledger.mark_redeemed([signed], result.tx.tx_hash)  # the transaction a reorg re-check looks up
             self._sync(signed)
             paid += result.paid
             gas += result.gas_used
