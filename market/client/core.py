@@ -4,7 +4,8 @@
         await client.deposit(10**17)
         result = await client.infer(model_hash, {"x": x}, redundancy=3)
 
-Opening it starts the libp2p host (which serves this client's dispute evidence), opens the voucher book and
+Opening it starts the libp2p host (which serves this client's dispute evidence at a stable address:
+market.client.endpoint), opens the voucher book and
 the reputation book in the state directory, and reads nothing else until needed; leaving it saves the
 reputation book, closes the books and stops the host. `infer` is market.client.calls around these steps:
 
@@ -39,6 +40,7 @@ from market.client.calls import CallEngine, CallPlan, EngineSettings, gather
 from market.client.config import ClientConfig, load_account, resolve_deployment
 from market.client.discovery import ExpertDirectory
 from market.client.disputes import DisputeBook, EvidenceLog, receipt_from_json, receipt_to_json
+from market.client.endpoint import IDENTITY_FILE, load_identity, open_listening_host
 from market.client.funds import Funds
 from market.client.links import ExpertLink, HostLink
 from market.client.results import Balance, DisputeRecord, EvidenceItem, InferResult
@@ -69,7 +71,6 @@ __all__ = ["AsyncClient", "capability_bytes"]
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_FILE = "identity.key"
 MANIFESTS_DIR = "manifests"
 SAVE_REPUTATION_EVERY = 200
 
@@ -87,28 +88,6 @@ def capability_bytes(capability: str | bytes) -> bytes:
 
         return capability_id(capability)
     raise MarketInputError(f"capability must be a name or 32 bytes, got {capability!r}")
-
-
-def _load_identity(path: Path) -> Any:
-    from market.transport import NodeIdentity
-
-    # The client's libp2p key holds no money: it only names the peer serving dispute evidence, so it is kept
-    # as a 0600 seed file rather than behind a password (which a script could not type).
-    try:
-        seed = bytes.fromhex(path.read_text().strip())
-        return NodeIdentity.unsafe_from_seed(seed)
-    except FileNotFoundError:
-        pass
-    except (ValueError, MarketConfigError):
-        logger.warning("client identity %s is unreadable; creating a new one", path)
-    identity = NodeIdentity.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(identity.unsafe_seed().hex() + "\n")
-    os.replace(tmp, path)
-    return identity
 
 
 class AsyncClient:
@@ -190,7 +169,6 @@ class AsyncClient:
         """Start a client (see the module docstring). `chain` and `link` replace the real chain client and
         the libp2p link (tests); `serve=False` starts no libp2p host (then `link` is required)."""
         from market.evidence import EvidenceStore, serve_evidence
-        from market.transport import open_host
 
         deployment = resolve_deployment(config.deployment)
         account = load_account(config)
@@ -220,8 +198,8 @@ class AsyncClient:
             async with contextlib.AsyncExitStack() as stack:
                 host = None
                 if serve:
-                    identity = _load_identity(state / IDENTITY_FILE)
-                    host = await stack.enter_async_context(open_host(identity, config.transport))
+                    identity = load_identity(state / IDENTITY_FILE)
+                    host = await open_listening_host(stack, identity, config.transport, state)
                     serve_evidence(host, evidence)
                 client = cls(
                     config=config,

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from market.errors import MarketInputError
+from market.types import DisputeStatus
 from node.cli.common import (
     AMOUNT,
     deployment_option,
@@ -299,11 +300,43 @@ def dispute(request_id: str, expert_id: int | None, wait: bool, timeout: float, 
             ids.append(dispute_id)
             click.echo(f"dispute {dispute_id} opened against expert {item.expert_id}; evidence at {c.evidence_endpoint}")
         if not wait:
-            click.echo("not waiting: serve the evidence from a running client until the dispute is decided")
+            click.echo("not waiting: verifiers fetch the evidence during the first half of the commit period; "
+                       "run `moe client serve` with this state directory until then")
             return
         for dispute_id in ids:
             record = c.wait_dispute(dispute_id, timeout=timeout)
             click.echo(f"dispute {dispute_id}: {record.status.name.lower()}, slashed {format_eth(record.slashed)}")
+
+
+@client.command()
+@click.option("--timeout", type=click.FloatRange(1, 30 * 86400), default=30 * 86400, show_default=True,
+              help="Seconds to serve at most.")
+@client_options
+def serve(timeout: float, deployment: str | None, key_env: str | None, keystore: str | None,
+          state_dir: str | None) -> None:
+    """Serve this client's dispute evidence until every dispute it opened is decided (resolving them when due).
+
+    After `moe client dispute --no-wait`, or when the process that opened a dispute stopped: the client listens
+    on the port its last run used (kept in the state directory), so the address the dispute names on chain
+    is served again.
+
+    \b
+    Example:
+      moe client serve --key-env CLIENT_KEY
+    """
+    with _open(deployment, key_env, keystore, state_dir) as c:
+        pending = [r for r in c.disputes() if r.status is DisputeStatus.OPEN]
+        if not pending:
+            click.echo("no open dispute of this client: nothing to serve")
+            return
+        click.echo(f"serving evidence at {c.evidence_endpoint} for dispute(s) {', '.join(str(r.dispute_id) for r in pending)}")
+        for record in pending:
+            if record.evidence_endpoint and record.evidence_endpoint != c.evidence_endpoint:
+                click.echo(f"warning: dispute {record.dispute_id} names the evidence address {record.evidence_endpoint}, "
+                           "which this process does not serve (its port was taken): verifiers cannot fetch it", err=True)
+        for record in pending:
+            done = c.wait_dispute(record.dispute_id, timeout=timeout)
+            click.echo(f"dispute {done.dispute_id}: {done.status.name.lower()}, slashed {format_eth(done.slashed)}")
 
 
 @client.command("evidence")

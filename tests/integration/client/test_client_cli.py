@@ -85,7 +85,12 @@ def test_deposit_infer_balance_and_listings(
     pending = json.loads(ok(cli(client, "disputes", "--json")))
     assert pending["disputes"] == [] and len(pending["evidence"]) == 1
     text = ok(cli(client, "dispute", "--request-id", request_id, "--no-wait"))
-    assert "opened against expert" in text
+    assert "opened against expert" in text and "moe client serve" in text
+    endpoint = text.split("evidence at ")[1].split()[0].rstrip(";")
+    # A later process on the same state directory serves the evidence at the address the dispute names.
+    served = cli(client, "serve", "--timeout", "1")
+    assert f"serving evidence at {endpoint} " in served.output and "warning" not in served.output, served.output
+    assert "was not decided within 1s" in str(served.exception)  # nobody votes on this devnet
     listed = json.loads(ok(cli(client, "disputes", "--json")))
     assert [d["status"] for d in listed["disputes"]] == ["OPEN"] and listed["evidence"] == []
     on_chain = json.loads(ok(cli(market_cli, "disputes", "--json", key=False)))
@@ -106,3 +111,7 @@ def test_withdraw_request_and_clear_errors(cli: Any, bundle: DigitsBundle, tmp_p
     assert bad_amount.exit_code == 2 and "whole number" in bad_amount.output
     no_key = cli(client, "balance", key=False)
     assert no_key.exit_code != 0 and "--key-env" in str(no_key.exception)
+
+
+def test_serve_with_no_open_dispute_says_so(cli: Any) -> None:
+    assert "nothing to serve" in ok(cli(client, "serve"))
