@@ -371,19 +371,16 @@ class VoucherLedger:
         signature = _check_bytes("signature", signed_voucher.signature)
         now = self._clock()
         with self._write() as c:
-            held = self._held(c, key, eid)
+            latest, redeemed = self._pair(c, key, eid)
+            held = max(latest or 0, redeemed)
             served = self._served(c, key, eid, held)
-            redeemed = self._redeemed(c, key, eid)
             if max(held, amount) < served + price or (amount <= redeemed and price > 0):
                 expected = max(served + price, redeemed + 1)
                 raise VoucherTooLowError(v.client, v.expert_id, amount, held, price, served, expected)
             self._set_served(c, key, eid, served + price)
             if amount <= redeemed:
                 return  # a free call on a voucher already paid on chain: nothing to keep, nothing to revert
-            latest = c.execute(
-                "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
-            ).fetchone()
-            if latest is None or amount > _dec(latest[0]):
+            if latest is None or amount > latest:
                 c.execute(
                     """INSERT INTO vouchers (client_key, expert_id, client, cumulative, signature, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_key, expert_id) DO UPDATE SET
@@ -753,22 +750,20 @@ class VoucherLedger:
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _held(c: sqlite3.Connection, key: str, eid: str) -> int:
-        """max(latest voucher, confirmed redeemed): a voucher at or below what the chain paid is worth nothing."""
-        row = c.execute(
-            "SELECT cumulative FROM vouchers WHERE client_key = ? AND expert_id = ?", (key, eid)
+    def _pair(c: sqlite3.Connection, key: str, eid: str) -> tuple[int | None, int]:
+        """(the latest voucher's amount, or None; what the chain confirmed as redeemed), in one query."""
+        latest, redeemed = c.execute(
+            """SELECT (SELECT cumulative FROM vouchers WHERE client_key = ?1 AND expert_id = ?2),
+                      (SELECT redeemed FROM redemptions WHERE client_key = ?1 AND expert_id = ?2)""",
+            (key, eid),
         ).fetchone()
-        red = c.execute(
-            "SELECT redeemed FROM redemptions WHERE client_key = ? AND expert_id = ?", (key, eid)
-        ).fetchone()
-        return max(_dec(row[0]) if row else 0, _dec(red[0]) if red else 0)
+        return (None if latest is None else _dec(latest)), _dec(redeemed)
 
-    @staticmethod
-    def _redeemed(c: sqlite3.Connection, key: str, eid: str) -> int:
-        row = c.execute(
-            "SELECT redeemed FROM redemptions WHERE client_key = ? AND expert_id = ?", (key, eid)
-        ).fetchone()
-        return _dec(row[0]) if row else 0
+    @classmethod
+    def _held(cls, c: sqlite3.Connection, key: str, eid: str) -> int:
+        """max(latest voucher, confirmed redeemed): a voucher at or below what the chain paid is worth nothing."""
+        latest, redeemed = cls._pair(c, key, eid)
+        return max(latest or 0, redeemed)
 
     @staticmethod
     def _served(c: sqlite3.Connection, key: str, eid: str, held: int) -> int:

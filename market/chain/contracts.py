@@ -230,14 +230,14 @@ class MarketChain:
                         }
                     )
                     try:
-                        tx_hash = self._send(account.sign_transaction(tx))
+                        tx_hash = send_raw(self._w3, account.sign_transaction(tx))
                         break
                     except Web3RPCError as exc:
                         # Another process sending from the same account took this nonce: take the next one.
                         if "nonce" not in str(exc).lower() or attempt == NONCE_ATTEMPTS - 1:
                             raise
                         log.debug("nonce %d taken (%s); retrying", nonce, exc)
-            receipt = self._receipt(tx_hash)
+            receipt = wait_receipt(self._w3, tx_hash, self._receipt_timeout, self._poll_interval)
         self._local.last = TxResult(
             tx_hash=bytes(receipt["transactionHash"]),
             block_number=receipt["blockNumber"],
@@ -253,12 +253,6 @@ class MarketChain:
             fn.fn_name,
         )
         return receipt
-
-    def _send(self, raw: bytes) -> bytes:
-        return send_raw(self._w3, raw)
-
-    def _receipt(self, tx_hash: bytes) -> TxReceipt:
-        return wait_receipt(self._w3, tx_hash, self._receipt_timeout, self._poll_interval)
 
     def _failure(self, fn: ContractFunction, params: dict[str, Any], receipt: TxReceipt) -> ChainError:
         """Why a mined transaction reverted: replays it as a call on the state it ran against."""
@@ -323,8 +317,8 @@ class MarketChain:
                 "nonce": self._w3.eth.get_transaction_count(account.address, "pending"),
                 **self._fees(),
             }
-            tx_hash = self._send(account.sign_transaction(tx))
-            receipt = self._receipt(tx_hash)
+            tx_hash = send_raw(self._w3, account.sign_transaction(tx))
+            receipt = wait_receipt(self._w3, tx_hash, self._receipt_timeout, self._poll_interval)
         if receipt["status"] != 1:
             raise ChainError(f"sending {amount} wei to {to} failed")
         return TxResult(
